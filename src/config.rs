@@ -1,0 +1,620 @@
+//! The admin interface: archway's TOML configuration, parsed and validated up front.
+//!
+//! Parsing is two steps. serde reads the file into `Raw*` structs that reject unknown keys, then
+//! [`Config::from_toml`] checks every value and collects *all* problems, each naming its key, so
+//! an admin fixes a config in one round instead of one error per restart.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::oci::RepoName;
+
+/// The configuration compiled into the binary; also shipped as `config/archway.toml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/archway.toml");
+
+/// One problem with a config, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{}: {}", self.key, self.reason)
+        }
+    }
+}
+
+/// All the problems found in one config source.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub source: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration {}:", self.source)?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// === raw, as written ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    url: Option<String>,
+    spool_dir: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    tag_ttl: Option<String>,
+    serve_stale: Option<bool>,
+    memory: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: Option<String>,
+    url: Option<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    default: bool,
+    username: Option<String>,
+    password_file: Option<String>,
+    ca_file: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+    connect_timeout: Option<String>,
+    read_timeout: Option<String>,
+}
+
+// === validated ===
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where this config came from (a path, or `<embedded default>`), for messages.
+    pub source: String,
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub cache: CacheConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// A directory on local disk.
+    File(PathBuf),
+    /// In-process memory; nothing survives a restart.
+    Memory,
+}
+
+impl fmt::Display for StorageUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageUrl::File(p) => write!(f, "file://{}", p.display()),
+            StorageUrl::Memory => f.write_str("memory://"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub url: StorageUrl,
+    /// Where in-flight blob fills are spooled for concurrent readers.
+    pub spool_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub tag_ttl: Duration,
+    pub serve_stale: bool,
+    /// Budget for the in-memory manifest cache, in bytes.
+    pub memory: u64,
+}
+
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub url: Url,
+    pub hosts: Vec<String>,
+    pub default: bool,
+    pub username: Option<String>,
+    /// Read from `password_file` at load time; never printed.
+    pub password: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field("hosts", &self.hosts)
+            .field("default", &self.default)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+const DEFAULT_STORAGE: &str = "file://./data";
+const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
+const DEFAULT_MEMORY: u64 = 256 * 1024 * 1024;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+fn duration(errs: &mut Errors, key: &str, v: Option<&str>, default: Duration) -> Duration {
+    match v {
+        None => default,
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) => d,
+            Err(e) => {
+                errs.push(key, format!("bad duration {s:?}: {e} (e.g. \"30s\", \"5m\")"));
+                default
+            }
+        },
+    }
+}
+
+/// Reads a file named by the config; relative paths are relative to the config's directory.
+fn read_file(errs: &mut Errors, base: Option<&Path>, key: &str, path: &str) -> Option<Vec<u8>> {
+    let p = resolve(base, path);
+    match std::fs::read(&p) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            errs.push(key, format!("cannot read {}: {e}", p.display()));
+            None
+        }
+    }
+}
+
+fn resolve(base: Option<&Path>, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    match base {
+        Some(b) if p.is_relative() => b.join(p),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn storage_url(errs: &mut Errors, s: &str) -> StorageUrl {
+    if let Some(path) = s.strip_prefix("file://") {
+        if path.is_empty() {
+            errs.push("storage.url", "file:// URL names no directory");
+        }
+        // Relative file URLs are relative to the working directory, like a shell path.
+        return StorageUrl::File(PathBuf::from(path));
+    }
+    if s == "memory://" || s == "memory:///" {
+        return StorageUrl::Memory;
+    }
+    let reason = match s.split_once("://") {
+        Some(("s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure", _)) => format!(
+            "{s:?}: cloud object stores are not supported by this build yet; use file:// or memory://"
+        ),
+        Some((scheme, _)) => format!("unsupported scheme {scheme:?} (use file:// or memory://)"),
+        None => format!("{s:?} is not a URL (e.g. \"file://./data\")"),
+    };
+    errs.push("storage.url", reason);
+    StorageUrl::Memory
+}
+
+fn valid_host(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (h, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+    host_ok && port_ok
+}
+
+impl Config {
+    /// The embedded default configuration.
+    pub fn embedded() -> Config {
+        Config::from_toml(EMBEDDED_DEFAULT, "<embedded default>", None)
+            .unwrap_or_else(|e| panic!("the embedded default config is invalid: {e}"))
+    }
+
+    /// Loads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source: source.clone(),
+            errors: vec![ConfigError {
+                key: String::new(),
+                reason: format!("cannot read: {e}"),
+            }],
+        })?;
+        Config::from_toml(&text, &source, path.parent())
+    }
+
+    /// Parses and validates TOML. `base` is the directory relative file names are resolved
+    /// against (the config file's own directory).
+    pub fn from_toml(text: &str, source: &str, base: Option<&Path>) -> Result<Config, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            source: source.to_string(),
+            errors,
+        };
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let reason = inner.message().to_string();
+            let at = inner
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            fail(vec![ConfigError {
+                key: if key == "." { String::new() } else { key },
+                reason: format!("{reason}{at}"),
+            }])
+        })?;
+        let mut errs = Errors(Vec::new());
+
+        let listen_s = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_s.parse().unwrap_or_else(|e| {
+            errs.push(
+                "server.listen",
+                format!("bad address {listen_s:?}: {e} (e.g. \"127.0.0.1:5000\")"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 5000))
+        });
+
+        let url = storage_url(
+            &mut errs,
+            raw.storage.url.as_deref().unwrap_or(DEFAULT_STORAGE),
+        );
+        let spool_dir = raw
+            .storage
+            .spool_dir
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("archway-spool"));
+
+        let tag_ttl = duration(
+            &mut errs,
+            "cache.tag_ttl",
+            raw.cache.tag_ttl.as_deref(),
+            DEFAULT_TAG_TTL,
+        );
+        let memory = match raw.cache.memory.as_deref() {
+            None => DEFAULT_MEMORY,
+            Some(s) => match s.parse::<bytesize::ByteSize>() {
+                Ok(b) => b.as_u64(),
+                Err(e) => {
+                    errs.push("cache.memory", format!("bad size {s:?}: {e} (e.g. \"256MiB\")"));
+                    DEFAULT_MEMORY
+                }
+            },
+        };
+
+        if raw.upstream.is_empty() {
+            errs.push("upstream", "no [[upstream]] is configured: nothing to mirror");
+        }
+        let mut upstreams = Vec::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut defaults = Vec::new();
+        for (i, u) in raw.upstream.into_iter().enumerate() {
+            let k = |f: &str| format!("upstream[{i}].{f}");
+            let name = u.name.unwrap_or_default();
+            if name.is_empty() {
+                errs.push(k("name"), "missing");
+            } else if name.contains('/') || name.parse::<RepoName>().is_err() {
+                errs.push(
+                    k("name"),
+                    format!("{name:?} must be one lower-case name component (e.g. \"dockerhub\")"),
+                );
+            }
+            let url = match u.url.as_deref() {
+                None => {
+                    errs.push(k("url"), "missing");
+                    None
+                }
+                Some(s) => match Url::parse(s) {
+                    Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+                        errs.push(k("url"), format!("{s:?}: scheme must be http or https"));
+                        None
+                    }
+                    Ok(url) if url.host_str().is_none() => {
+                        errs.push(k("url"), format!("{s:?} names no host"));
+                        None
+                    }
+                    Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+                        errs.push(k("url"), format!("{s:?} must not have a query or fragment"));
+                        None
+                    }
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        errs.push(k("url"), format!("bad URL {s:?}: {e}"));
+                        None
+                    }
+                },
+            };
+            // The name and every host are routing keys, so each may belong to one upstream only.
+            let mut keys = vec![(name.clone(), k("name"))];
+            for (j, h) in u.hosts.iter().enumerate() {
+                if !valid_host(h) {
+                    errs.push(
+                        format!("upstream[{i}].hosts[{j}]"),
+                        format!("{h:?} is not a lower-case host[:port]"),
+                    );
+                }
+                keys.push((h.clone(), format!("upstream[{i}].hosts[{j}]")));
+            }
+            for (key, at) in keys {
+                if key.is_empty() {
+                    continue;
+                }
+                if let Some(prev) = seen.get(&key) {
+                    if prev != &name {
+                        errs.push(
+                            at,
+                            format!("{key:?} already routes to upstream {prev:?} (duplicate host)"),
+                        );
+                    } else if at.contains("hosts") {
+                        errs.push(at, format!("{key:?} is listed twice"));
+                    }
+                } else {
+                    seen.insert(key, name.clone());
+                }
+            }
+            if u.default {
+                defaults.push(name.clone());
+            }
+            let password = match (&u.username, &u.password_file) {
+                (Some(_), Some(f)) => read_file(&mut errs, base, &k("password_file"), f)
+                    .map(|b| String::from_utf8_lossy(&b).trim_end_matches(['\n', '\r']).to_string()),
+                (Some(_), None) => {
+                    errs.push(k("password_file"), "username is set but password_file is not");
+                    None
+                }
+                (None, Some(_)) => {
+                    errs.push(k("username"), "password_file is set but username is not");
+                    None
+                }
+                (None, None) => None,
+            };
+            let ca_pem = u.ca_file.as_deref().and_then(|f| {
+                let pem = read_file(&mut errs, base, &k("ca_file"), f)?;
+                match rustls_pemfile::certs(&mut &pem[..]).collect::<Result<Vec<_>, _>>() {
+                    Ok(c) if !c.is_empty() => Some(pem),
+                    Ok(_) => {
+                        errs.push(k("ca_file"), format!("{f}: no PEM certificate found"));
+                        None
+                    }
+                    Err(e) => {
+                        errs.push(k("ca_file"), format!("{f}: bad PEM: {e}"));
+                        None
+                    }
+                }
+            });
+            let connect_timeout = duration(
+                &mut errs,
+                &k("connect_timeout"),
+                u.connect_timeout.as_deref(),
+                DEFAULT_CONNECT_TIMEOUT,
+            );
+            let read_timeout = duration(
+                &mut errs,
+                &k("read_timeout"),
+                u.read_timeout.as_deref(),
+                DEFAULT_READ_TIMEOUT,
+            );
+            if let Some(url) = url {
+                upstreams.push(UpstreamConfig {
+                    name,
+                    url,
+                    hosts: u.hosts,
+                    default: u.default,
+                    username: u.username,
+                    password,
+                    ca_pem,
+                    insecure_skip_verify: u.insecure_skip_verify,
+                    connect_timeout,
+                    read_timeout,
+                });
+            }
+        }
+        if defaults.len() > 1 {
+            errs.push(
+                "upstream.default",
+                format!(
+                    "more than one default upstream ({}); at most one may say default = true",
+                    defaults.join(", ")
+                ),
+            );
+        }
+        if !errs.0.is_empty() {
+            return Err(fail(errs.0));
+        }
+        Ok(Config {
+            source: source.to_string(),
+            server: ServerConfig { listen },
+            storage: StorageConfig { url, spool_dir },
+            cache: CacheConfig {
+                tag_ttl,
+                serve_stale: raw.cache.serve_stale.unwrap_or(true),
+                memory,
+            },
+            upstreams,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(toml: &str) -> Vec<ConfigError> {
+        Config::from_toml(toml, "test.toml", None).unwrap_err().errors
+    }
+
+    const UP: &str = "[[upstream]]\nname = \"hub\"\nurl = \"https://r.example\"\nhosts = [\"docker.io\"]\ndefault = true\n";
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.storage.url, StorageUrl::File("./data".into()));
+        assert_eq!(c.cache.tag_ttl, Duration::from_secs(300));
+        assert!(c.cache.serve_stale);
+        assert_eq!(c.upstreams.len(), 1);
+        assert!(c.upstreams[0].default);
+        assert_eq!(c.upstreams[0].url.as_str(), "https://registry-1.docker.io/");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = errors(&format!("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n{UP}"));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].key, "server");
+        assert!(e[0].reason.contains("unknown field `lisen`"), "{}", e[0].reason);
+        assert!(e[0].reason.contains("line 3"), "{}", e[0].reason);
+
+        let e = errors(&format!("{UP}colour = \"red\"\n"));
+        assert_eq!(e[0].key, "upstream[0]");
+        assert!(e[0].reason.contains("colour"));
+    }
+
+    #[test]
+    fn collects_every_error_with_its_key() {
+        let e = errors(
+            r#"
+[server]
+listen = "nope"
+[storage]
+url = "ftp://x"
+[cache]
+tag_ttl = "5 parsecs"
+[[upstream]]
+name = "a"
+url = "htp//bad"
+hosts = ["docker.io"]
+default = true
+[[upstream]]
+name = "b"
+url = "https://b.example"
+hosts = ["docker.io", "Quay.io"]
+default = true
+username = "u"
+"#,
+        );
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "server.listen",
+            "storage.url",
+            "cache.tag_ttl",
+            "upstream[0].url",
+            "upstream[1].hosts[0]",
+            "upstream[1].hosts[1]",
+            "upstream[1].password_file",
+            "upstream.default",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {e:?}");
+        }
+        let dup = e.iter().find(|e| e.key == "upstream[1].hosts[0]").unwrap();
+        assert!(dup.reason.contains("duplicate host"), "{}", dup.reason);
+        let ttl = e.iter().find(|e| e.key == "cache.tag_ttl").unwrap();
+        assert!(ttl.reason.contains("bad duration"));
+    }
+
+    #[test]
+    fn reads_password_and_redacts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+        let c = Config::from_toml(
+            &format!("{UP}username = \"u\"\npassword_file = \"pw\"\n"),
+            "t",
+            Some(dir.path()),
+        )
+        .unwrap();
+        assert_eq!(c.upstreams[0].password.as_deref(), Some("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let e = errors(&format!("{UP}username = \"u\"\npassword_file = \"/nonexistent/pw\"\n"));
+        assert_eq!(e[0].key, "upstream[0].password_file");
+        assert!(e[0].reason.contains("cannot read"));
+    }
+
+    #[test]
+    fn storage_urls() {
+        let c = Config::from_toml(&format!("[storage]\nurl = \"memory://\"\n{UP}"), "t", None).unwrap();
+        assert_eq!(c.storage.url, StorageUrl::Memory);
+        let c = Config::from_toml(&format!("[storage]\nurl = \"file:///var/x\"\n{UP}"), "t", None).unwrap();
+        assert_eq!(c.storage.url, StorageUrl::File("/var/x".into()));
+        let e = errors(&format!("[storage]\nurl = \"s3://bucket\"\n{UP}"));
+        assert_eq!(e[0].key, "storage.url");
+    }
+
+    #[test]
+    fn no_upstream_and_bad_name() {
+        let e = errors("");
+        assert_eq!(e[0].key, "upstream");
+        let e = errors("[[upstream]]\nname = \"Hub/x\"\nurl = \"http://a\"\n");
+        assert_eq!(e[0].key, "upstream[0].name");
+    }
+}

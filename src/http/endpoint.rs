@@ -1,0 +1,94 @@
+//! Which registry API endpoint a request path names. Names and references are returned raw;
+//! the handlers validate them so each gets its own error code.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint<'a> {
+    /// `/v2/`: the API version check.
+    Base,
+    Manifest { name: &'a str, reference: &'a str },
+    Blob { name: &'a str, digest: &'a str },
+    /// `/v2/<name>/blobs/uploads/...`: pushing, which a mirror refuses.
+    Upload { name: &'a str },
+    Tags { name: &'a str },
+    Catalog,
+    NotFound,
+}
+
+pub fn parse(path: &str) -> Endpoint<'_> {
+    let rest = match path.strip_prefix("/v2") {
+        Some("") | Some("/") => return Endpoint::Base,
+        Some(r) => match r.strip_prefix('/') {
+            Some(r) => r,
+            None => return Endpoint::NotFound,
+        },
+        None => return Endpoint::NotFound,
+    };
+    if rest == "_catalog" {
+        return Endpoint::Catalog;
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Endpoint::Tags { name };
+    }
+    // Uploads: /v2/<name>/blobs/uploads/ and /v2/<name>/blobs/uploads/<id>
+    if let Some(i) = rest.find("/blobs/uploads") {
+        let after = &rest[i + "/blobs/uploads".len()..];
+        if after.is_empty() || after.starts_with('/') {
+            return Endpoint::Upload { name: &rest[..i] };
+        }
+    }
+    // The name may itself contain "manifests" or "blobs" components, so split from the end.
+    let Some((head, last)) = rest.rsplit_once('/') else {
+        return Endpoint::NotFound;
+    };
+    match head.rsplit_once('/') {
+        Some((name, "manifests")) => Endpoint::Manifest {
+            name,
+            reference: last,
+        },
+        Some((name, "blobs")) => Endpoint::Blob { name, digest: last },
+        _ => Endpoint::NotFound,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(parse("/v2/"), Endpoint::Base);
+        assert_eq!(parse("/v2"), Endpoint::Base);
+        assert_eq!(
+            parse("/v2/library/alpine/manifests/latest"),
+            Endpoint::Manifest {
+                name: "library/alpine",
+                reference: "latest"
+            }
+        );
+        assert_eq!(
+            parse("/v2/a/manifests/b/manifests/sha256:x"),
+            Endpoint::Manifest {
+                name: "a/manifests/b",
+                reference: "sha256:x"
+            }
+        );
+        assert_eq!(
+            parse("/v2/docker.io/x/blobs/sha256:abc"),
+            Endpoint::Blob {
+                name: "docker.io/x",
+                digest: "sha256:abc"
+            }
+        );
+        assert_eq!(parse("/v2/a/b/tags/list"), Endpoint::Tags { name: "a/b" });
+        assert_eq!(parse("/v2/a/blobs/uploads/"), Endpoint::Upload { name: "a" });
+        assert_eq!(
+            parse("/v2/a/blobs/uploads/1234-5678"),
+            Endpoint::Upload { name: "a" }
+        );
+        assert_eq!(parse("/v2/_catalog"), Endpoint::Catalog);
+        assert_eq!(parse("/v2/a/manifests/"), Endpoint::Manifest { name: "a", reference: "" });
+        for nf in ["/", "/v3/", "/v2x", "/v2/a", "/v2/a/tags", "/v2/a/things/x", "/healthz"] {
+            assert_eq!(parse(nf), Endpoint::NotFound, "{nf}");
+        }
+    }
+}

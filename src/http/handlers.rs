@@ -1,0 +1,291 @@
+//! Request handlers: parse and validate what the client sent, ask the registry, and write the
+//! distribution API's headers. Errors are rendered here and nowhere else.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::header::{
+    HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, RANGE,
+};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+
+use super::endpoint::{self, Endpoint};
+use super::Body;
+use crate::error::Error;
+use crate::oci::{Digest, Reference, RepoName, Tag};
+use crate::range;
+use crate::registry::Registry;
+use crate::routing::Route;
+
+const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
+const BYTES: HeaderValue = HeaderValue::from_static("bytes");
+
+/// A route label for metrics and logs: bounded cardinality, never the repository name.
+pub fn route_label(path: &str) -> &'static str {
+    match endpoint::parse(path) {
+        Endpoint::Base => "base",
+        Endpoint::Manifest { .. } => "manifest",
+        Endpoint::Blob { .. } => "blob",
+        Endpoint::Upload { .. } => "upload",
+        Endpoint::Tags { .. } => "tags",
+        Endpoint::Catalog => "catalog",
+        Endpoint::NotFound => "other",
+    }
+}
+
+pub async fn handle<B>(registry: &Arc<Registry>, req: &Request<B>) -> Response<Body> {
+    let mut resp = match dispatch(registry, req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e, req.method() == Method::HEAD),
+    };
+    resp.headers_mut()
+        .insert("docker-distribution-api-version", API_VERSION);
+    resp
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+pub fn error_response(e: &Error, head: bool) -> Response<Body> {
+    if e.status().is_server_error() {
+        tracing::error!(error = %e, "request failed");
+    }
+    let body = e.to_json();
+    let len = body.len();
+    let mut resp = Response::new(if head { empty() } else { full(body) });
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, JSON);
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    if let Error::RangeInvalid { size } = e {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+            h.insert(CONTENT_RANGE, v);
+        }
+    }
+    resp
+}
+
+async fn dispatch<B>(registry: &Arc<Registry>, req: &Request<B>) -> Result<Response<Body>, Error> {
+    let method = req.method();
+    let path = req.uri().path();
+    let read_only = |what: &str| -> Result<(), Error> {
+        if method == Method::GET || method == Method::HEAD {
+            Ok(())
+        } else {
+            Err(Error::Unsupported(format!(
+                "{method} on {what} is not supported: archway is a read-only pull-through mirror"
+            )))
+        }
+    };
+    match endpoint::parse(path) {
+        Endpoint::Base => {
+            read_only("/v2/")?;
+            let mut r = Response::new(if method == Method::HEAD {
+                empty()
+            } else {
+                full(&b"{}"[..])
+            });
+            r.headers_mut().insert(CONTENT_TYPE, JSON);
+            r.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(2));
+            Ok(r)
+        }
+        Endpoint::Manifest { name, reference } => {
+            read_only("manifests")?;
+            let route = route(registry, req, name)?;
+            let reference = parse_reference(reference)?;
+            manifest(registry, &route, &reference, method == Method::HEAD).await
+        }
+        Endpoint::Blob { name, digest } => {
+            read_only("blobs")?;
+            let route = route(registry, req, name)?;
+            let digest: Digest = digest
+                .parse()
+                .map_err(|e| Error::DigestInvalid(format!("{e}")))?;
+            blob(registry, req, &route, &digest).await
+        }
+        Endpoint::Upload { .. } => Err(Error::Unsupported(
+            "pushing is not supported: archway is a read-only pull-through mirror".into(),
+        )),
+        Endpoint::Tags { name } => {
+            read_only("tags")?;
+            let route = route(registry, req, name)?;
+            tags(registry, req, name, &route).await
+        }
+        Endpoint::Catalog => Err(Error::Unsupported(
+            "the catalog is not offered by a pull-through mirror".into(),
+        )),
+        Endpoint::NotFound => Err(Error::NameUnknown(format!("no such endpoint: {path}"))),
+    }
+}
+
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<std::borrow::Cow<'a, str>> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+fn route<B>(registry: &Registry, req: &Request<B>, name: &str) -> Result<Route, Error> {
+    let name: RepoName = name
+        .parse()
+        .map_err(|e| Error::NameInvalid(format!("{e}")))?;
+    let ns = query_param(req.uri().query(), "ns");
+    registry.route(&name, ns.as_deref())
+}
+
+fn parse_reference(s: &str) -> Result<Reference, Error> {
+    use crate::oci::reference::ReferenceError;
+    s.parse().map_err(|e| match e {
+        ReferenceError::Digest(e) => Error::DigestInvalid(format!("{e}")),
+        ReferenceError::Tag(e) => Error::TagInvalid(format!("{e}")),
+    })
+}
+
+fn header(s: &str) -> Result<HeaderValue, Error> {
+    HeaderValue::from_str(s).map_err(|_| Error::Internal(format!("unsendable header value {s:?}")))
+}
+
+async fn manifest(
+    registry: &Registry,
+    route: &Route,
+    reference: &Reference,
+    head: bool,
+) -> Result<Response<Body>, Error> {
+    let m = registry.manifest(route, reference).await?;
+    let digest = m.digest.to_string();
+    let mut r = Response::new(if head {
+        empty()
+    } else {
+        full(m.bytes.clone())
+    });
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, header(&m.media_type)?);
+    h.insert(CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
+    h.insert(ETAG, header(&format!("\"{digest}\""))?);
+    h.insert("docker-content-digest", header(&digest)?);
+    Ok(r)
+}
+
+async fn blob<B>(
+    registry: &Registry,
+    req: &Request<B>,
+    route: &Route,
+    d: &Digest,
+) -> Result<Response<Body>, Error> {
+    let digest_header = header(&d.to_string())?;
+    if req.method() == Method::HEAD {
+        let size = registry.blob_head(route, d).await?;
+        let mut r = Response::new(empty());
+        let h = r.headers_mut();
+        h.insert(CONTENT_LENGTH, HeaderValue::from(size));
+        h.insert(CONTENT_TYPE, OCTET_STREAM);
+        h.insert(ACCEPT_RANGES, BYTES);
+        h.insert("docker-content-digest", digest_header);
+        return Ok(r);
+    }
+    let spec = req
+        .headers()
+        .get(RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(range::parse);
+    let body = registry.blob(route, d, spec).await?;
+    let len = match &body.range {
+        Some(r) => Some(r.end - r.start),
+        None => body.size,
+    };
+    let stream = body.stream.map_ok(Frame::data);
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
+    let h = r.headers_mut();
+    if let Some(len) = len {
+        h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    h.insert(CONTENT_TYPE, OCTET_STREAM);
+    h.insert(ACCEPT_RANGES, BYTES);
+    h.insert(ETAG, header(&format!("\"{d}\""))?);
+    h.insert("docker-content-digest", digest_header);
+    if let (Some(range), Some(size)) = (&body.range, body.size) {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        r.headers_mut().insert(
+            CONTENT_RANGE,
+            header(&format!("bytes {}-{}/{size}", range.start, range.end - 1))?,
+        );
+    }
+    Ok(r)
+}
+
+async fn tags<B>(
+    registry: &Registry,
+    req: &Request<B>,
+    client_name: &str,
+    route: &Route,
+) -> Result<Response<Body>, Error> {
+    let q = req.uri().query();
+    let n = match query_param(q, "n") {
+        None => None,
+        Some(v) => Some(v.parse::<u32>().map_err(|_| {
+            Error::PaginationInvalid(format!("n={v:?} is not a non-negative integer"))
+        })?),
+    };
+    let last = match query_param(q, "last") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<Tag>()
+                .map_err(|e| Error::PaginationInvalid(format!("last: {e}")))?,
+        ),
+    };
+    let page = registry.tags(route, n, last.as_ref()).await?;
+    let mut r = Response::new(full(page.body.clone()));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, JSON);
+    h.insert(CONTENT_LENGTH, HeaderValue::from(page.body.len()));
+    // The upstream's next-page link names its own repository path; point it back at ours.
+    if let Some(link) = page.link.as_deref().and_then(|l| rewrite_link(l, client_name)) {
+        h.insert(LINK, header(&link)?);
+    }
+    Ok(r)
+}
+
+/// `</v2/<upstream name>/tags/list?n=..&last=..>; rel="next"` → the same under `client_name`.
+fn rewrite_link(link: &str, client_name: &str) -> Option<String> {
+    let inner = link.split_once('<')?.1.split_once('>')?.0;
+    let query = inner.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if k == "n" || k == "last" {
+            out.append_pair(&k, &v);
+        }
+    }
+    Some(format!(
+        "</v2/{client_name}/tags/list?{}>; rel=\"next\"",
+        out.finish()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_rewrite() {
+        assert_eq!(
+            rewrite_link(
+                "</v2/library/alpine/tags/list?last=3.1&n=2>; rel=\"next\"",
+                "docker.io/library/alpine"
+            )
+            .as_deref(),
+            Some("</v2/docker.io/library/alpine/tags/list?last=3.1&n=2>; rel=\"next\"")
+        );
+        assert_eq!(rewrite_link("garbage", "x"), None);
+    }
+}

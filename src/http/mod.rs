@@ -1,0 +1,99 @@
+//! The HTTP front: the accept loop, one task per connection (HTTP/1.1 and h2c), graceful
+//! shutdown, and the per-request log line and metrics around the handlers.
+
+pub mod endpoint;
+pub mod handlers;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::registry::Registry;
+
+/// Response body: in-memory bytes or a stream from the cache or a fill.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// How long in-flight responses get to finish after shutdown is asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves the registry API on `listener` until `shutdown` resolves, then lets in-flight
+/// connections finish for up to [`SHUTDOWN_GRACE`].
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let registry = registry.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let registry = registry.clone();
+            async move { Ok::<_, Infallible>(respond(&registry, req, peer).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+    }
+}
+
+async fn respond(
+    registry: &Arc<Registry>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let resp = handlers::handle(registry, &req).await;
+    let elapsed = started.elapsed();
+    let route = handlers::route_label(req.uri().path());
+    let m = &registry.metrics;
+    m.requests
+        .with_label_values(&[route, req.method().as_str(), resp.status().as_str()])
+        .inc();
+    m.request_duration
+        .with_label_values(&[route, req.method().as_str()])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "archway::access",
+        peer = %peer,
+        method = %req.method(),
+        path = %req.uri(),
+        status = resp.status().as_u16(),
+        bytes = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+        "request"
+    );
+    resp
+}

@@ -1,0 +1,55 @@
+//! archway: a pull-through OCI registry mirror that gets multi-arch images right.
+//!
+//! Layers, each depending only on those listed before it:
+//! - [`oci`]: digests, names, references, media types, manifest fields. Depends on nothing of ours.
+//! - [`config`], [`error`], [`metrics`], [`range`], [`singleflight`]: shared vocabulary.
+//! - [`routing`]: which upstream a repository name goes to.
+//! - [`storage`]: the object-store cache, verified writes and in-flight fill de-duplication.
+//! - [`upstream`]: the client for upstream registries (auth, redirects, timeouts).
+//! - [`registry`]: the mirror's services: manifests, blobs, tags, with in-memory caches.
+//! - [`http`]: the HTTP front that turns requests into registry calls.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod oci;
+pub mod range;
+pub mod registry;
+pub mod routing;
+pub mod singleflight;
+pub mod storage;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use registry::Registry;
+
+/// Builds the registry for `config`: opens the store and the upstream clients.
+pub fn build(config: Config) -> Result<Arc<Registry>, String> {
+    let store = storage::Store::open(&config.storage)?;
+    let registry = Registry::new(config, store, metrics::Metrics::new())?;
+    Ok(Arc::new(registry))
+}
+
+/// Binds the configured listener and serves until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let listen = config.server.listen;
+    let registry = build(config)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("server.listen: cannot listen on {listen}: {e}"))?;
+    tracing::info!(
+        listen = %listener.local_addr().map_err(|e| e.to_string())?,
+        storage = %registry.config.storage.url,
+        upstreams = registry.upstreams.len(),
+        "archway is serving"
+    );
+    http::serve(listener, registry, shutdown).await;
+    Ok(())
+}

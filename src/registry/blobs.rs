@@ -1,0 +1,201 @@
+//! Blobs: served from the store when cached and known to belong to the repository, otherwise
+//! streamed from a (shared) fill of the upstream's bytes.
+
+use std::ops::Range;
+use futures_util::TryStreamExt;
+
+use super::records::BlobLink;
+use super::{LinkKey, Registry};
+use crate::error::{Error, Result};
+use crate::oci::Digest;
+use crate::range::RangeSpec;
+use crate::routing::Route;
+use crate::storage::fill::BlobSource as FillSource;
+use crate::storage::{layout, ByteStream};
+
+/// Where a response's bytes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobSource {
+    Cache,
+    Upstream,
+}
+
+impl BlobSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobSource::Cache => "cache",
+            BlobSource::Upstream => "upstream",
+        }
+    }
+}
+
+/// A blob response body and what the headers need.
+pub struct BlobBody {
+    /// The whole blob's size, when known.
+    pub size: Option<u64>,
+    /// The part being sent, for a satisfied range request.
+    pub range: Option<Range<u64>>,
+    pub stream: ByteStream,
+    pub source: BlobSource,
+}
+
+impl Registry {
+    /// The size of a blob, as a HEAD request answers it. Never starts a fill.
+    pub async fn blob_head(&self, route: &Route, d: &Digest) -> Result<u64> {
+        let key = link_key(route, d);
+        let linked = self.blob_linked(&key).await?;
+        if let Some(size) = self.cached_blob_size(d).await? {
+            if !linked {
+                self.check_upstream_has(route, d).await?;
+            }
+            self.metrics.cache_hits.with_label_values(&["blob"]).inc();
+            return Ok(size);
+        }
+        let up = self.upstream(route);
+        up.head_blob(&route.repo, d).await?.ok_or_else(|| blob_unknown(route, d))
+    }
+
+    /// A blob's bytes (or the requested range of them).
+    pub async fn blob(&self, route: &Route, d: &Digest, range: Option<RangeSpec>) -> Result<BlobBody> {
+        let key = link_key(route, d);
+        let linked = self.blob_linked(&key).await?;
+        if let Some(size) = self.cached_blob_size(d).await? {
+            if !linked {
+                self.check_upstream_has(route, d).await?;
+            }
+            let range = match range {
+                Some(spec) => Some(spec.resolve(size).map_err(|()| Error::RangeInvalid { size })?),
+                None => None,
+            };
+            if let Some(stream) = self.store.read_blob(d, range.clone()).await? {
+                self.metrics.cache_hits.with_label_values(&["blob"]).inc();
+                return Ok(self.counted(BlobBody {
+                    size: Some(size),
+                    range,
+                    stream,
+                    source: BlobSource::Cache,
+                }));
+            }
+            // Gone from the store since its size was cached (evicted): fetch it again.
+            self.blob_sizes.invalidate(d).await;
+        }
+        self.metrics.cache_misses.with_label_values(&["blob"]).inc();
+        let origin = format!("{}/{}", self.upstream_name(route), route.repo);
+        if let Some(f) = self.fills.get(d) {
+            if f.origin != origin && !linked {
+                self.check_upstream_has(route, d).await?;
+            }
+        }
+        let up = self.upstream(route).clone();
+        let (repo, digest) = (route.repo.clone(), d.clone());
+        let not_found = blob_unknown(route, d);
+        let (fill, started) = self.fills.join_or_start(d, &origin, move || async move {
+            let src = up.get_blob(&repo, &digest).await?.ok_or(not_found)?;
+            Ok(FillSource {
+                size: src.size,
+                stream: src.stream,
+            })
+        });
+        if started {
+            self.metrics.fills_in_flight.inc();
+            let (fill, metrics) = (fill.clone(), self.metrics.clone());
+            let (store, links, sizes) = (
+                self.store.clone(),
+                self.blob_links.clone(),
+                self.blob_sizes.clone(),
+            );
+            let link_path = layout::blob_link(self.upstream_name(route), &route.repo, d);
+            tokio::spawn(async move {
+                match fill.finished().await {
+                    Ok(size) => {
+                        sizes.insert(fill.digest.clone(), size).await;
+                        match store.put_record(&link_path, &BlobLink { size }).await {
+                            Ok(()) => links.insert(key, ()).await,
+                            Err(e) => tracing::warn!(error = %e, "cannot record blob link"),
+                        }
+                    }
+                    Err(e) => {
+                        let reason = match &*e {
+                            Error::DigestMismatch { .. } => "digest_mismatch",
+                            Error::BlobUnknown(_) => "not_found",
+                            _ => "upstream",
+                        };
+                        metrics.fill_failures.with_label_values(&[reason]).inc();
+                    }
+                }
+                metrics.fills_in_flight.dec();
+            });
+        } else {
+            self.metrics.fill_waiters.inc();
+        }
+        let size = fill.started().await.map_err(|e| (*e).clone())?;
+        let (range, stream) = match (range, size) {
+            (Some(spec), Some(size)) => {
+                let r = spec.resolve(size).map_err(|()| Error::RangeInvalid { size })?;
+                (Some(r.clone()), fill.reader(r.start, Some(r.end)))
+            }
+            _ => (None, fill.reader(0, None)),
+        };
+        Ok(self.counted(BlobBody {
+            size,
+            range,
+            stream,
+            source: BlobSource::Upstream,
+        }))
+    }
+
+    fn counted(&self, mut body: BlobBody) -> BlobBody {
+        let counter = self
+            .metrics
+            .served_bytes
+            .with_label_values(&[body.source.as_str()]);
+        body.stream = Box::pin(body.stream.inspect_ok(move |b| counter.inc_by(b.len() as u64)));
+        body
+    }
+
+    async fn blob_linked(&self, key: &LinkKey) -> Result<bool> {
+        if self.blob_links.contains_key(key) {
+            return Ok(true);
+        }
+        let path = layout::blob_link(&self.upstreams[key.0].name, &key.1, &key.2);
+        if self.store.get_record::<BlobLink>(&path).await?.is_some() {
+            self.blob_links.insert(key.clone(), ()).await;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn cached_blob_size(&self, d: &Digest) -> Result<Option<u64>> {
+        if let Some(s) = self.blob_sizes.get(d).await {
+            return Ok(Some(s));
+        }
+        let s = self.store.blob_size(d).await?;
+        if let Some(s) = s {
+            self.blob_sizes.insert(d.clone(), s).await;
+        }
+        Ok(s)
+    }
+
+    /// Asks the upstream whether the repository has the blob, and records the link if so. This
+    /// is what keeps repository B from reading repository A's cached blobs.
+    async fn check_upstream_has(&self, route: &Route, d: &Digest) -> Result<()> {
+        let up = self.upstream(route);
+        let size = up
+            .head_blob(&route.repo, d)
+            .await?
+            .ok_or_else(|| blob_unknown(route, d))?;
+        self.store
+            .put_record(&layout::blob_link(&up.name, &route.repo, d), &BlobLink { size })
+            .await?;
+        self.blob_links.insert(link_key(route, d), ()).await;
+        Ok(())
+    }
+}
+
+fn link_key(route: &Route, d: &Digest) -> LinkKey {
+    (route.upstream, route.repo.clone(), d.clone())
+}
+
+fn blob_unknown(route: &Route, d: &Digest) -> Error {
+    Error::BlobUnknown(format!("{d} in repository {}", route.repo))
+}

@@ -1,0 +1,123 @@
+//! The mirror's services: what to answer for a manifest, blob or tag-list request, from the
+//! cache when it can and from the upstream when it must.
+//!
+//! Owns the in-memory caches (moka) that front the object store: manifest bytes, tag records
+//! and per-repository links. A cached manifest hit touches neither the store nor the upstream.
+
+mod blobs;
+mod manifests;
+mod records;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::oci::{Digest, RepoName, Tag};
+use crate::routing::{Route, Router};
+use crate::singleflight;
+use crate::storage::{Fills, Store};
+use crate::upstream::{TagPage, Upstream};
+
+pub use blobs::{BlobBody, BlobSource};
+pub use manifests::Manifest;
+use records::TagState;
+
+type LinkKey = (usize, RepoName, Digest);
+
+/// Everything a running mirror serves from, built once from a [`Config`].
+pub struct Registry {
+    pub config: Config,
+    pub router: Router,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub store: Store,
+    pub metrics: Metrics,
+    fills: Fills,
+    /// Manifest bytes by digest, weighed by size.
+    manifests: moka::future::Cache<Digest, Arc<Manifest>>,
+    /// The last known state of each tag.
+    tags: moka::future::Cache<(usize, RepoName, Tag), Arc<TagState>>,
+    /// Manifests known to belong to a repository, with their media type.
+    manifest_links: moka::future::Cache<LinkKey, Arc<str>>,
+    /// Blobs known to belong to a repository.
+    blob_links: moka::future::Cache<LinkKey, ()>,
+    /// Sizes of blobs present in the store. Blobs are immutable, so this never goes stale
+    /// except by eviction, which readers detect and repair.
+    blob_sizes: moka::future::Cache<Digest, u64>,
+    tag_flights: singleflight::Group<(usize, RepoName, Tag), Result<Arc<Manifest>>>,
+    digest_flights: singleflight::Group<LinkKey, Result<Arc<Manifest>>>,
+}
+
+impl Registry {
+    pub fn new(config: Config, store: Store, metrics: Metrics) -> Result<Registry, String> {
+        let router = Router::new(&config.upstreams);
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| Upstream::new(u, metrics.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let manifests = moka::future::Cache::builder()
+            .weigher(|_k: &Digest, m: &Arc<Manifest>| {
+                u32::try_from(m.bytes.len() + 256).unwrap_or(u32::MAX)
+            })
+            .max_capacity(config.cache.memory)
+            .build();
+        Ok(Registry {
+            router,
+            upstreams,
+            fills: Fills::new(store.clone()),
+            store,
+            metrics,
+            manifests,
+            tags: moka::future::Cache::new(1_000_000),
+            manifest_links: moka::future::Cache::new(1_000_000),
+            blob_links: moka::future::Cache::new(4_000_000),
+            blob_sizes: moka::future::Cache::new(4_000_000),
+            tag_flights: Default::default(),
+            digest_flights: Default::default(),
+            config,
+        })
+    }
+
+    /// Routes a repository name as the client sent it.
+    pub fn route(&self, name: &RepoName, ns: Option<&str>) -> Result<Route> {
+        self.router.route(name, ns)
+    }
+
+    fn upstream(&self, route: &Route) -> &Arc<Upstream> {
+        &self.upstreams[route.upstream]
+    }
+
+    fn upstream_name(&self, route: &Route) -> &str {
+        &self.upstreams[route.upstream].name
+    }
+
+    /// One page of the upstream's tag list. `n` and `last` are the only parameters passed on.
+    pub async fn tags(&self, route: &Route, n: Option<u32>, last: Option<&Tag>) -> Result<TagPage> {
+        let query = {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(n) = n {
+                q.append_pair("n", &n.to_string());
+            }
+            if let Some(l) = last {
+                q.append_pair("last", l.as_str());
+            }
+            q.finish()
+        };
+        self.upstream(route)
+            .tags(&route.repo, &query)
+            .await?
+            .ok_or_else(|| {
+                Error::NameUnknown(format!(
+                    "repository {} is unknown to upstream {}",
+                    route.repo,
+                    self.upstream_name(route)
+                ))
+            })
+    }
+
+    /// Number of blob fills in flight (for tests and metrics).
+    pub fn fills_in_flight(&self) -> usize {
+        self.fills.len()
+    }
+}

@@ -1,0 +1,62 @@
+//! The small JSON records kept in the object store beside the content: tags and links.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::oci::Digest;
+
+/// What a tag pointed at when it was last checked upstream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TagRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// Milliseconds since the Unix epoch. Wall-clock, because replicas share the record.
+    pub checked_at: u64,
+}
+
+/// A manifest that belongs to a repository.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestLink {
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// A blob that belongs to a repository.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobLink {
+    pub size: u64,
+}
+
+/// A tag record as held in memory.
+#[derive(Debug, Clone)]
+pub struct TagState {
+    pub record: TagRecord,
+    /// When this replica should next ask the upstream (epoch millis). Usually
+    /// `checked_at + tag_ttl`; pushed out after a stale serve so an outage is not hammered.
+    pub revalidate_at: u64,
+}
+
+impl TagState {
+    pub fn new(record: TagRecord, ttl: Duration) -> TagState {
+        let revalidate_at = record.checked_at.saturating_add(ttl.as_millis() as u64);
+        TagState {
+            record,
+            revalidate_at,
+        }
+    }
+
+    pub fn fresh(&self, now: u64) -> bool {
+        now < self.revalidate_at
+    }
+}
+
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,423 @@
+//! In-flight blob fills: one upstream fetch per digest, however many clients ask at once, and
+//! every one of them streaming the bytes as they arrive.
+//!
+//! A fill is a spawned task, owned by no request: a client that disconnects or reads slowly
+//! neither cancels nor throttles it (distribution's proxy ties the fill to its first client
+//! and sends concurrent clients back to the upstream). Readers, the first client included,
+//! follow the fill's spool file with positional reads, woken by a `watch` of the byte count.
+//! The last byte of a blob is released only after the digest verified, so a client never
+//! receives a complete response for content that failed verification.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use super::{ByteStream, Store, READ_CHUNK};
+use crate::error::{Error, Result};
+use crate::oci::Digest;
+
+/// What a fill reads from: the upstream response, already checked for status.
+pub struct BlobSource {
+    /// The announced length, when the upstream sent one.
+    pub size: Option<u64>,
+    pub stream: BoxStream<'static, Result<Bytes>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Phase {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    Streaming,
+    /// Verified and published in the store.
+    Done,
+    Failed(Arc<Error>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub size: Option<u64>,
+    pub written: u64,
+    pub phase: Phase,
+}
+
+/// One in-flight fill.
+pub struct Fill {
+    pub digest: Digest,
+    /// Who started it (`upstream/repository`); other repositories must prove access first.
+    pub origin: String,
+    spool: OnceLock<Arc<std::fs::File>>,
+    progress: watch::Receiver<Progress>,
+}
+
+impl Fill {
+    /// Waits for the upstream's answer: the blob's size (if announced) or the failure.
+    pub async fn started(&self) -> Result<Option<u64>, Arc<Error>> {
+        let mut rx = self.progress.clone();
+        loop {
+            let p = rx.borrow_and_update().clone();
+            match p.phase {
+                Phase::Connecting => {}
+                Phase::Failed(e) => return Err(e),
+                Phase::Streaming => return Ok(p.size),
+                Phase::Done => return Ok(Some(p.written)),
+            }
+            if rx.changed().await.is_err() {
+                return Err(Arc::new(Error::Internal("blob fill ended unexpectedly".into())));
+            }
+        }
+    }
+
+    /// Waits until the blob is verified and published (or failed).
+    pub async fn finished(&self) -> Result<u64, Arc<Error>> {
+        let mut rx = self.progress.clone();
+        loop {
+            let p = rx.borrow_and_update().clone();
+            match p.phase {
+                Phase::Failed(e) => return Err(e),
+                Phase::Done => return Ok(p.written),
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(Arc::new(Error::Internal("blob fill ended unexpectedly".into())));
+            }
+        }
+    }
+
+    /// Streams `range` of the blob (to its end for `None`) as it arrives. Call after
+    /// [`Fill::started`] succeeded.
+    pub fn reader(self: &Arc<Self>, start: u64, end: Option<u64>) -> ByteStream {
+        let state = ReaderState {
+            fill: self.clone(),
+            rx: self.progress.clone(),
+            pos: start,
+            end,
+            finished: false,
+        };
+        futures_util::stream::unfold(state, |mut st| async move {
+            if st.finished {
+                return None;
+            }
+            let item = st.next_chunk().await;
+            match item {
+                Ok(Some(b)) => Some((Ok(b), st)),
+                Ok(None) => None,
+                Err(e) => {
+                    st.finished = true;
+                    Some((Err(e), st))
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+struct ReaderState {
+    fill: Arc<Fill>,
+    rx: watch::Receiver<Progress>,
+    pos: u64,
+    end: Option<u64>,
+    finished: bool,
+}
+
+impl ReaderState {
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        // Set once the fill task has gone: its last state is then final.
+        let mut closed = false;
+        loop {
+            let p = self.rx.borrow_and_update().clone();
+            let done = match &p.phase {
+                Phase::Failed(e) => return Err(std::io::Error::other(e.to_string())),
+                Phase::Connecting | Phase::Streaming if closed => {
+                    return Err(std::io::Error::other("blob fill ended unexpectedly"))
+                }
+                Phase::Connecting => None,
+                Phase::Streaming => Some(false),
+                Phase::Done => Some(true),
+            };
+            if let Some(done) = done {
+                let end = self.end.or(if done { Some(p.written) } else { p.size });
+                if let Some(end) = end {
+                    if self.pos >= end {
+                        return Ok(None);
+                    }
+                    if done && end > p.written {
+                        return Err(std::io::Error::other("blob is shorter than the range"));
+                    }
+                }
+                // Hold back the final byte until the digest verified.
+                let available = if done {
+                    p.written
+                } else {
+                    p.written.saturating_sub(1)
+                };
+                let limit = end.map_or(available, |e| e.min(available));
+                if self.pos < limit {
+                    let spool = self
+                        .fill
+                        .spool
+                        .get()
+                        .cloned()
+                        .ok_or_else(|| std::io::Error::other("fill has no spool"))?;
+                    let range = self.pos..limit.min(self.pos + READ_CHUNK as u64);
+                    let chunk = read_at(spool, range).await?;
+                    self.pos += chunk.len() as u64;
+                    return Ok(Some(chunk));
+                }
+            }
+            if closed {
+                return Err(std::io::Error::other("blob fill ended unexpectedly"));
+            }
+            if self.rx.changed().await.is_err() {
+                closed = true;
+            }
+        }
+    }
+}
+
+async fn read_at(file: Arc<std::fs::File>, range: Range<u64>) -> std::io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = BytesMut::zeroed((range.end - range.start) as usize);
+        let n = file.read_at(&mut buf, range.start)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "spool is shorter than its progress",
+            ));
+        }
+        buf.truncate(n);
+        Ok(buf.freeze())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// The set of fills in flight, keyed by digest.
+#[derive(Clone)]
+pub struct Fills {
+    store: Store,
+    map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+}
+
+/// Removes a fill from the map however its task ends, panics included.
+struct Deregister {
+    map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    digest: Digest,
+}
+
+impl Drop for Deregister {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(&self.digest);
+        }
+    }
+}
+
+impl Fills {
+    pub fn new(store: Store) -> Fills {
+        Fills {
+            store,
+            map: Arc::default(),
+        }
+    }
+
+    /// The fill in flight for `d`, if any.
+    pub fn get(&self, d: &Digest) -> Option<Arc<Fill>> {
+        self.map.lock().ok()?.get(d).cloned()
+    }
+
+    /// Number of fills in flight.
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Joins the fill of `d`, or starts one reading from `source`. Returns the fill and whether
+    /// this call started it.
+    pub fn join_or_start<F, Fut>(&self, d: &Digest, origin: &str, source: F) -> (Arc<Fill>, bool)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<BlobSource>> + Send + 'static,
+    {
+        // The lock is held only for the map operation: no await under it.
+        let mut map = match self.map.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(f) = map.get(d) {
+            return (f.clone(), false);
+        }
+        let (tx, rx) = watch::channel(Progress {
+            size: None,
+            written: 0,
+            phase: Phase::Connecting,
+        });
+        let fill = Arc::new(Fill {
+            digest: d.clone(),
+            origin: origin.to_string(),
+            spool: OnceLock::new(),
+            progress: rx,
+        });
+        map.insert(d.clone(), fill.clone());
+        drop(map);
+        let guard = Deregister {
+            map: self.map.clone(),
+            digest: d.clone(),
+        };
+        let store = self.store.clone();
+        let task_fill = fill.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let result = run(&store, &task_fill, &tx, source).await;
+            tx.send_modify(|p| {
+                p.phase = match result {
+                    Ok(()) => Phase::Done,
+                    Err(e) => {
+                        tracing::warn!(digest = %task_fill.digest, error = %e, "blob fill failed; nothing cached");
+                        Phase::Failed(Arc::new(e))
+                    }
+                }
+            });
+        });
+        (fill, true)
+    }
+}
+
+async fn run<F, Fut>(
+    store: &Store,
+    fill: &Fill,
+    tx: &watch::Sender<Progress>,
+    source: F,
+) -> Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<BlobSource>>,
+{
+    let mut sink = store.begin_blob(&fill.digest).await?;
+    let _ = fill.spool.set(sink.spool());
+    let BlobSource { size, mut stream } = source().await?;
+    tx.send_modify(|p| {
+        p.size = size;
+        p.phase = Phase::Streaming;
+    });
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        sink.write(chunk).await?;
+        let written = sink.written();
+        if size.is_some_and(|s| written > s) {
+            return Err(Error::Internal(format!(
+                "upstream sent more than the announced {} bytes for {}",
+                size.unwrap_or(0),
+                fill.digest
+            )));
+        }
+        tx.send_modify(|p| p.written = written);
+    }
+    let written = sink.commit(size).await?;
+    tx.send_modify(|p| p.written = written);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{StorageConfig, StorageUrl};
+    use futures_util::TryStreamExt;
+    use tokio::sync::mpsc;
+
+    fn store(dir: &std::path::Path, local: bool) -> Store {
+        Store::open(&StorageConfig {
+            url: if local {
+                StorageUrl::File(dir.join("disk"))
+            } else {
+                StorageUrl::Memory
+            },
+            spool_dir: dir.join("spool"),
+        })
+        .unwrap()
+    }
+
+    /// A source fed by the test, chunk by chunk.
+    fn channel_source(size: Option<u64>) -> (mpsc::Sender<Result<Bytes>>, BlobSource) {
+        let (tx, mut rx) = mpsc::channel::<Result<Bytes>>(16);
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
+        (tx, BlobSource { size, stream })
+    }
+
+    #[tokio::test]
+    async fn readers_stream_before_the_fill_finishes_and_share_one_source() {
+        let dir = tempfile::tempdir().unwrap();
+        for local in [true, false] {
+            let store = store(dir.path(), local);
+            let fills = Fills::new(store.clone());
+            let data = b"0123456789abcdefghij".to_vec();
+            let d = Digest::sha256_of(&data);
+            let (tx, src) = channel_source(Some(data.len() as u64));
+            let (fill, started) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
+            assert!(started);
+            let (again, started2) =
+                fills.join_or_start(&d, "up/a", || async { panic!("second source must not run") });
+            assert!(!started2 && Arc::ptr_eq(&fill, &again));
+
+            tx.send(Ok(Bytes::from_static(b"0123456789"))).await.unwrap();
+            assert_eq!(fill.started().await.unwrap(), Some(20));
+            let mut r = fill.reader(0, None);
+            // The first bytes arrive while the upstream is still sending (all but the held-back last one).
+            let first = r.try_next().await.unwrap().unwrap();
+            assert_eq!(&first[..], b"012345678");
+            tx.send(Ok(Bytes::from_static(b"abcdefghij"))).await.unwrap();
+            drop(tx);
+            let rest: Vec<Bytes> = r.try_collect().await.unwrap();
+            assert_eq!([first, rest.concat().into()].concat(), data);
+            assert_eq!(fill.finished().await.unwrap(), 20);
+            assert_eq!(store.blob_size(&d).await.unwrap(), Some(20));
+            // A late reader with a range still works from the spool.
+            let part: Vec<Bytes> = fill.reader(5, Some(7)).try_collect().await.unwrap();
+            assert_eq!(part.concat(), b"56");
+        }
+    }
+
+    #[tokio::test]
+    async fn corrupt_content_fails_readers_and_caches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        for local in [true, false] {
+            let store = store(dir.path(), local);
+            let fills = Fills::new(store.clone());
+            let d = Digest::sha256_of(b"good bytes");
+            let (tx, src) = channel_source(Some(10));
+            let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
+            tx.send(Ok(Bytes::from_static(b"evil bytes"))).await.unwrap();
+            drop(tx);
+            let r: std::io::Result<Vec<Bytes>> = fill.reader(0, None).try_collect().await;
+            assert!(r.is_err(), "a corrupt blob must not be delivered whole");
+            assert!(matches!(&*fill.finished().await.unwrap_err(), Error::DigestMismatch { .. }));
+            assert_eq!(store.blob_size(&d).await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn cut_connection_fails_readers_and_caches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), true);
+        let fills = Fills::new(store.clone());
+        let d = Digest::sha256_of(b"0123456789");
+        let (tx, src) = channel_source(Some(10));
+        let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
+        tx.send(Ok(Bytes::from_static(b"01234"))).await.unwrap();
+        tx.send(Err(Error::Unavailable("connection reset".into())))
+            .await
+            .unwrap();
+        let r: std::io::Result<Vec<Bytes>> = fill.reader(0, None).try_collect().await;
+        assert!(r.is_err());
+        assert_eq!(store.blob_size(&d).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,234 @@
+//! The cache in object storage: the key layout, verified writes, fast reads and the in-flight
+//! de-duplication of blob fills.
+//!
+//! Everything archway needs to serve what it has cached lives here, so a restarted replica (or
+//! another replica on the same bucket) serves it without the upstream. The in-memory caches in
+//! `registry` only front this.
+
+pub mod fill;
+pub mod layout;
+mod sink;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::config::{StorageConfig, StorageUrl};
+use crate::error::{Error, Result};
+use crate::oci::Digest;
+
+pub use fill::{Fill, Fills};
+pub use sink::BlobSink;
+
+/// Size of each read when streaming a cached blob from local disk: large enough that syscalls
+/// and task hand-offs vanish against the copy, small enough to keep memory per client flat.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// A stream of blob bytes.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// The object store, plus what archway knows about its backend.
+#[derive(Clone)]
+pub struct Store {
+    os: Arc<dyn ObjectStore>,
+    /// For `file://`: the root directory. Blobs are then staged beside their final place and
+    /// renamed in, and read with large direct reads instead of object_store's 8 KiB chunks.
+    local_root: Option<PathBuf>,
+    /// Where fills of non-local backends spool bytes for concurrent readers.
+    spool_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.os)
+    }
+}
+
+impl Store {
+    pub fn open(cfg: &StorageConfig) -> Result<Store, String> {
+        std::fs::create_dir_all(&cfg.spool_dir).map_err(|e| {
+            format!(
+                "storage.spool_dir: cannot create {}: {e}",
+                cfg.spool_dir.display()
+            )
+        })?;
+        match &cfg.url {
+            StorageUrl::Memory => Ok(Store {
+                os: Arc::new(InMemory::new()),
+                local_root: None,
+                spool_dir: cfg.spool_dir.clone(),
+            }),
+            StorageUrl::File(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("storage.url: cannot create {}: {e}", dir.display()))?;
+                let root = std::fs::canonicalize(dir)
+                    .map_err(|e| format!("storage.url: {}: {e}", dir.display()))?;
+                let fs = LocalFileSystem::new_with_prefix(&root)
+                    .map_err(|e| format!("storage.url: {}: {e}", root.display()))?;
+                let staging = root.join(sink::LOCAL_STAGING_DIR);
+                std::fs::create_dir_all(&staging)
+                    .map_err(|e| format!("storage.url: cannot create {}: {e}", staging.display()))?;
+                sink::clean_stale_staging(&staging);
+                Ok(Store {
+                    os: Arc::new(fs),
+                    local_root: Some(root),
+                    spool_dir: cfg.spool_dir.clone(),
+                })
+            }
+        }
+    }
+
+    /// A store over any object_store backend (tests use this with `InMemory`).
+    pub fn from_object_store(os: Arc<dyn ObjectStore>, spool_dir: PathBuf) -> Store {
+        Store {
+            os,
+            local_root: None,
+            spool_dir,
+        }
+    }
+
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.os
+    }
+
+    /// The size of a cached blob, or `None` when it is not cached.
+    pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
+        match self.os.head(&layout::blob(d)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Streams `range` of a cached blob (the whole blob for `None`). The range must lie within
+    /// the blob; callers check it against [`Store::blob_size`].
+    pub async fn read_blob(&self, d: &Digest, range: Option<Range<u64>>) -> Result<Option<ByteStream>> {
+        let key = layout::blob(d);
+        if let Some(root) = &self.local_root {
+            let path = root.join(key.as_ref());
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::Internal(format!("{}: {e}", path.display()))),
+            };
+            let range = match range {
+                Some(r) => r,
+                None => 0..file
+                    .metadata()
+                    .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?
+                    .len(),
+            };
+            return Ok(Some(file_stream(Arc::new(file), range)));
+        }
+        let opts = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        match self.os.get_opts(&key, opts).await {
+            Ok(r) => Ok(Some(r.into_stream().map_err(std::io::Error::other).boxed())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads a small object (a manifest) whole.
+    pub async fn read_small(&self, d: &Digest) -> Result<Option<Bytes>> {
+        self.get_bytes(&layout::blob(d)).await
+    }
+
+    /// Stores content the caller has already verified against `d`. Content-addressed, so an
+    /// existing object is the same bytes and counts as success.
+    pub async fn put_verified(&self, d: &Digest, bytes: Bytes) -> Result<()> {
+        debug_assert!(d.verify(&bytes));
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let key = layout::blob(d);
+        match self.os.put_opts(&key, bytes.clone().into(), opts).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            // A backend without conditional puts: overwriting with identical bytes is harmless.
+            Err(object_store::Error::NotImplemented { .. }) => {
+                self.os.put(&key, bytes.into()).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts writing a blob that will become visible only if it verifies.
+    pub async fn begin_blob(&self, d: &Digest) -> Result<BlobSink> {
+        BlobSink::new(self, d).await
+    }
+
+    pub async fn get_record<T: DeserializeOwned>(&self, key: &Path) -> Result<Option<T>> {
+        match self.get_bytes(key).await? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::Internal(format!("corrupt record {key}: {e}"))),
+        }
+    }
+
+    pub async fn put_record<T: Serialize>(&self, key: &Path, value: &T) -> Result<()> {
+        let body = serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))?;
+        self.os.put(key, Bytes::from(body).into()).await?;
+        Ok(())
+    }
+
+    async fn get_bytes(&self, key: &Path) -> Result<Option<Bytes>> {
+        match self.os.get(key).await {
+            Ok(r) => Ok(Some(r.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Streams `range` of `file` with large positional reads on the blocking pool. Positional reads
+/// let several readers share one descriptor (the in-flight spool) without seeking.
+pub(crate) fn file_stream(file: Arc<std::fs::File>, range: Range<u64>) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut pos = range.start;
+        while pos < range.end {
+            let want = ((range.end - pos) as usize).min(READ_CHUNK);
+            let mut buf = BytesMut::zeroed(want);
+            let res = file.read_at(&mut buf, pos);
+            let item = match res {
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "cached blob is shorter than expected",
+                )),
+                Ok(n) => {
+                    buf.truncate(n);
+                    pos += n as u64;
+                    Ok(buf.freeze())
+                }
+                Err(e) => Err(e),
+            };
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                return;
+            }
+        }
+    });
+    tokio_stream_from(rx)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> BoxStream<'static, T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}

@@ -1,0 +1,312 @@
+//! Verified blob writes: bytes are hashed as they arrive and published only when the digest
+//! (and size) match. Until then nothing is visible under the blob's key.
+//!
+//! Every sink also keeps a spool file that concurrent readers of the in-flight blob read from.
+//! On local disk the spool *is* the staged file, renamed into place on success, so a cold blob
+//! is written once; on other backends the spool is an unlinked temp file beside a multipart
+//! upload, whose `complete()` is the atomic publish.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use object_store::{ObjectStoreExt, WriteMultipart};
+
+use super::{layout, Store};
+use crate::error::{Error, Result};
+use crate::oci::{Digest, Hasher};
+
+/// Staging directory under a local store's root. Its name starts with a dot, which no key of
+/// the layout can, so it never collides with cached content.
+pub(crate) const LOCAL_STAGING_DIR: &str = ".staging";
+
+/// Part size for multipart uploads: S3's minimum part is 5 MiB.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight per upload; bounds a fill's memory to about PART_SIZE * (this + 1).
+const PARTS_IN_FLIGHT: usize = 2;
+
+pub struct BlobSink {
+    digest: Digest,
+    spool: Arc<std::fs::File>,
+    hasher: Option<Hasher>,
+    written: u64,
+    target: Target,
+}
+
+enum Target {
+    Local {
+        staged: PathBuf,
+        final_path: PathBuf,
+        published: bool,
+    },
+    Multipart(Option<WriteMultipart>),
+}
+
+impl BlobSink {
+    pub(super) async fn new(store: &Store, d: &Digest) -> Result<BlobSink> {
+        let io = |what: &str, e: std::io::Error| Error::Internal(format!("{what}: {e}"));
+        let name = format!("{}-{}", d.hex(), uuid::Uuid::new_v4().simple());
+        let (spool, target) = match &store.local_root {
+            Some(root) => {
+                let staged = root.join(LOCAL_STAGING_DIR).join(&name);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&staged)
+                    .map_err(|e| io("staging file", e))?;
+                let final_path = root.join(layout::blob(d).as_ref());
+                (
+                    file,
+                    Target::Local {
+                        staged,
+                        final_path,
+                        published: false,
+                    },
+                )
+            }
+            None => {
+                let path = store.spool_dir.join(&name);
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| io("spool file", e))?;
+                // Unlinked at once: readers share the descriptor, and a crash leaves nothing.
+                let _ = std::fs::remove_file(&path);
+                let upload = store.os.put_multipart(&layout::blob(d)).await?;
+                (
+                    file,
+                    Target::Multipart(Some(WriteMultipart::new_with_chunk_size(
+                        upload, PART_SIZE,
+                    ))),
+                )
+            }
+        };
+        Ok(BlobSink {
+            digest: d.clone(),
+            spool: Arc::new(spool),
+            hasher: Some(Hasher::new(d.algorithm())),
+            written: 0,
+            target,
+        })
+    }
+
+    /// The spool that readers of the in-flight blob read with positional reads.
+    pub fn spool(&self) -> Arc<std::fs::File> {
+        self.spool.clone()
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends a chunk. The spool write is a plain write into the page cache; it is done inline
+    /// because handing every network-sized chunk to another thread costs more than the write.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        if let Some(h) = &mut self.hasher {
+            h.update(&chunk);
+        }
+        (&*self.spool)
+            .write_all(&chunk)
+            .map_err(|e| Error::Internal(format!("spool write: {e}")))?;
+        self.written += chunk.len() as u64;
+        if let Target::Multipart(Some(w)) = &mut self.target {
+            w.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+            w.put(chunk);
+        }
+        Ok(())
+    }
+
+    /// Verifies the content and publishes it. On a mismatch nothing becomes visible and the
+    /// error names both digests.
+    pub async fn commit(mut self, expected_size: Option<u64>) -> Result<u64> {
+        let actual = self
+            .hasher
+            .take()
+            .map(Hasher::finish)
+            .ok_or_else(|| Error::Internal("blob sink committed twice".into()))?;
+        if actual != self.digest {
+            self.abort_now().await;
+            return Err(Error::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            });
+        }
+        if let Some(size) = expected_size {
+            if size != self.written {
+                self.abort_now().await;
+                return Err(Error::Internal(format!(
+                    "upstream sent {} bytes for {}, announced {size}",
+                    self.written, self.digest
+                )));
+            }
+        }
+        match &mut self.target {
+            Target::Local {
+                staged,
+                final_path,
+                published,
+            } => {
+                if let Some(parent) = final_path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Error::Internal(format!("{}: {e}", parent.display())))?;
+                }
+                // rename(2) is atomic: readers see no file or the whole verified file.
+                std::fs::rename(&*staged, &*final_path)
+                    .map_err(|e| Error::Internal(format!("publish {}: {e}", final_path.display())))?;
+                *published = true;
+            }
+            Target::Multipart(w) => {
+                if let Some(w) = w.take() {
+                    w.finish().await?;
+                }
+            }
+        }
+        Ok(self.written)
+    }
+
+    /// Discards everything written.
+    pub async fn abort(mut self) {
+        self.abort_now().await;
+    }
+
+    async fn abort_now(&mut self) {
+        match &mut self.target {
+            Target::Local { staged, .. } => {
+                let _ = std::fs::remove_file(&*staged);
+            }
+            Target::Multipart(w) => {
+                if let Some(w) = w.take() {
+                    let _ = w.abort().await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for BlobSink {
+    fn drop(&mut self) {
+        match &mut self.target {
+            Target::Local {
+                staged, published, ..
+            } if !*published => {
+                let _ = std::fs::remove_file(&*staged);
+            }
+            Target::Multipart(w) => {
+                if let Some(w) = w.take() {
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(async move {
+                            let _ = w.abort().await;
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Removes staged files a crashed process left behind. Only old ones: another process may be
+/// filling into the same directory right now.
+pub(crate) fn clean_stale_staging(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let cutoff = SystemTime::now() - Duration::from_secs(3600);
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < cutoff);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{StorageConfig, StorageUrl};
+    use futures_util::TryStreamExt;
+
+    fn stores(dir: &std::path::Path) -> Vec<Store> {
+        let spool = dir.join("spool");
+        vec![
+            Store::open(&StorageConfig {
+                url: StorageUrl::File(dir.join("disk")),
+                spool_dir: spool.clone(),
+            })
+            .unwrap(),
+            Store::open(&StorageConfig {
+                url: StorageUrl::Memory,
+                spool_dir: spool,
+            })
+            .unwrap(),
+        ]
+    }
+
+    async fn read_all(store: &Store, d: &Digest) -> Option<Vec<u8>> {
+        let s = store.read_blob(d, None).await.unwrap()?;
+        let chunks: Vec<Bytes> = s.try_collect().await.unwrap();
+        Some(chunks.concat())
+    }
+
+    #[tokio::test]
+    async fn verified_blob_becomes_visible_only_after_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in stores(dir.path()) {
+            let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+            let d = Digest::sha256_of(&data);
+            let mut sink = store.begin_blob(&d).await.unwrap();
+            for c in data.chunks(100_000) {
+                sink.write(Bytes::copy_from_slice(c)).await.unwrap();
+                assert_eq!(store.blob_size(&d).await.unwrap(), None, "{store:?}");
+            }
+            assert_eq!(sink.commit(Some(data.len() as u64)).await.unwrap(), data.len() as u64);
+            assert_eq!(store.blob_size(&d).await.unwrap(), Some(data.len() as u64));
+            assert_eq!(read_all(&store, &d).await.unwrap(), data);
+            let part: Vec<Bytes> = store
+                .read_blob(&d, Some(10..20))
+                .await
+                .unwrap()
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(part.concat(), &data[10..20]);
+        }
+    }
+
+    #[tokio::test]
+    async fn mismatch_and_drop_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in stores(dir.path()) {
+            let d = Digest::sha256_of(b"the real content");
+            let mut sink = store.begin_blob(&d).await.unwrap();
+            sink.write(Bytes::from_static(b"evil content")).await.unwrap();
+            let err = sink.commit(None).await.unwrap_err();
+            assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+            assert_eq!(store.blob_size(&d).await.unwrap(), None);
+
+            // Right bytes, wrong announced size.
+            let mut sink = store.begin_blob(&d).await.unwrap();
+            sink.write(Bytes::from_static(b"the real content")).await.unwrap();
+            assert!(sink.commit(Some(99)).await.is_err());
+            assert_eq!(store.blob_size(&d).await.unwrap(), None);
+
+            // Dropped mid-way (a cut connection).
+            let mut sink = store.begin_blob(&d).await.unwrap();
+            sink.write(Bytes::from_static(b"the real")).await.unwrap();
+            drop(sink);
+            assert_eq!(store.blob_size(&d).await.unwrap(), None);
+        }
+        let staging = dir.path().join("disk").join(LOCAL_STAGING_DIR);
+        assert_eq!(std::fs::read_dir(staging).unwrap().count(), 0);
+    }
+}
