@@ -532,13 +532,13 @@ mod tests {
     fn unknown_keys_are_errors() {
         let e = errors(&format!("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n{UP}"));
         assert_eq!(e.len(), 1);
-        assert_eq!(e[0].key, "server");
+        assert_eq!(e[0].key, "server.lisen");
         assert!(e[0].reason.contains("unknown field `lisen`"), "{}", e[0].reason);
         assert!(e[0].reason.contains("line 3"), "{}", e[0].reason);
 
         let e = errors(&format!("{UP}colour = \"red\"\n"));
-        assert_eq!(e[0].key, "upstream[0]");
-        assert!(e[0].reason.contains("colour"));
+        assert_eq!(e[0].key, "upstream[0].colour");
+        assert!(e[0].reason.contains("unknown field"));
     }
 
     #[test]

@@ -53,6 +53,9 @@ fn parse_params(s: &str) -> HashMap<String, String> {
             break;
         }
         let mut value = String::new();
+        while chars.peek().is_some_and(|c| *c == ' ') {
+            chars.next();
+        }
         if chars.peek() == Some(&'"') {
             chars.next();
             while let Some(c) = chars.next() {
