@@ -209,7 +209,10 @@ fn duration(errs: &mut Errors, key: &str, v: Option<&str>, default: Duration) ->
         Some(s) => match humantime::parse_duration(s) {
             Ok(d) => d,
             Err(e) => {
-                errs.push(key, format!("bad duration {s:?}: {e} (e.g. \"30s\", \"5m\")"));
+                errs.push(
+                    key,
+                    format!("bad duration {s:?}: {e} (e.g. \"30s\", \"5m\")"),
+                );
                 default
             }
         },
@@ -293,7 +296,11 @@ impl Config {
 
     /// Parses and validates TOML. `base` is the directory relative file names are resolved
     /// against (the config file's own directory).
-    pub fn from_toml(text: &str, source: &str, base: Option<&Path>) -> Result<Config, ConfigErrors> {
+    pub fn from_toml(
+        text: &str,
+        source: &str,
+        base: Option<&Path>,
+    ) -> Result<Config, ConfigErrors> {
         let fail = |errors| ConfigErrors {
             source: source.to_string(),
             errors,
@@ -347,14 +354,20 @@ impl Config {
             Some(s) => match s.parse::<bytesize::ByteSize>() {
                 Ok(b) => b.as_u64(),
                 Err(e) => {
-                    errs.push("cache.memory", format!("bad size {s:?}: {e} (e.g. \"256MiB\")"));
+                    errs.push(
+                        "cache.memory",
+                        format!("bad size {s:?}: {e} (e.g. \"256MiB\")"),
+                    );
                     DEFAULT_MEMORY
                 }
             },
         };
 
         if raw.upstream.is_empty() {
-            errs.push("upstream", "no [[upstream]] is configured: nothing to mirror");
+            errs.push(
+                "upstream",
+                "no [[upstream]] is configured: nothing to mirror",
+            );
         }
         let mut upstreams = Vec::new();
         let mut seen: HashMap<String, String> = HashMap::new();
@@ -427,10 +440,16 @@ impl Config {
                 defaults.push(name.clone());
             }
             let password = match (&u.username, &u.password_file) {
-                (Some(_), Some(f)) => read_file(&mut errs, base, &k("password_file"), f)
-                    .map(|b| String::from_utf8_lossy(&b).trim_end_matches(['\n', '\r']).to_string()),
+                (Some(_), Some(f)) => read_file(&mut errs, base, &k("password_file"), f).map(|b| {
+                    String::from_utf8_lossy(&b)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string()
+                }),
                 (Some(_), None) => {
-                    errs.push(k("password_file"), "username is set but password_file is not");
+                    errs.push(
+                        k("password_file"),
+                        "username is set but password_file is not",
+                    );
                     None
                 }
                 (None, Some(_)) => {
@@ -511,7 +530,9 @@ mod tests {
     use super::*;
 
     fn errors(toml: &str) -> Vec<ConfigError> {
-        Config::from_toml(toml, "test.toml", None).unwrap_err().errors
+        Config::from_toml(toml, "test.toml", None)
+            .unwrap_err()
+            .errors
     }
 
     const UP: &str = "[[upstream]]\nname = \"hub\"\nurl = \"https://r.example\"\nhosts = [\"docker.io\"]\ndefault = true\n";
@@ -530,10 +551,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let e = errors(&format!("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n{UP}"));
+        let e = errors(&format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n{UP}"
+        ));
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].key, "server.lisen");
-        assert!(e[0].reason.contains("unknown field `lisen`"), "{}", e[0].reason);
+        assert!(
+            e[0].reason.contains("unknown field `lisen`"),
+            "{}",
+            e[0].reason
+        );
         assert!(e[0].reason.contains("line 3"), "{}", e[0].reason);
 
         let e = errors(&format!("{UP}colour = \"red\"\n"));
@@ -595,16 +622,24 @@ username = "u"
         .unwrap();
         assert_eq!(c.upstreams[0].password.as_deref(), Some("s3cret"));
         assert!(!format!("{c:?}").contains("s3cret"));
-        let e = errors(&format!("{UP}username = \"u\"\npassword_file = \"/nonexistent/pw\"\n"));
+        let e = errors(&format!(
+            "{UP}username = \"u\"\npassword_file = \"/nonexistent/pw\"\n"
+        ));
         assert_eq!(e[0].key, "upstream[0].password_file");
         assert!(e[0].reason.contains("cannot read"));
     }
 
     #[test]
     fn storage_urls() {
-        let c = Config::from_toml(&format!("[storage]\nurl = \"memory://\"\n{UP}"), "t", None).unwrap();
+        let c =
+            Config::from_toml(&format!("[storage]\nurl = \"memory://\"\n{UP}"), "t", None).unwrap();
         assert_eq!(c.storage.url, StorageUrl::Memory);
-        let c = Config::from_toml(&format!("[storage]\nurl = \"file:///var/x\"\n{UP}"), "t", None).unwrap();
+        let c = Config::from_toml(
+            &format!("[storage]\nurl = \"file:///var/x\"\n{UP}"),
+            "t",
+            None,
+        )
+        .unwrap();
         assert_eq!(c.storage.url, StorageUrl::File("/var/x".into()));
         let e = errors(&format!("[storage]\nurl = \"s3://bucket\"\n{UP}"));
         assert_eq!(e[0].key, "storage.url");

@@ -113,22 +113,62 @@ mod tests {
     fn every_variant_has_code_status_and_json() {
         let d = Digest::sha256_of(b"");
         let table: Vec<(Error, u16, &str)> = vec![
-            (Error::NameInvalid("what went wrong".into()), 400, "NAME_INVALID"),
-            (Error::NameUnknown("what went wrong".into()), 404, "NAME_UNKNOWN"),
-            (Error::ManifestUnknown("what went wrong".into()), 404, "MANIFEST_UNKNOWN"),
-            (Error::ManifestInvalid("what went wrong".into()), 400, "MANIFEST_INVALID"),
-            (Error::BlobUnknown("what went wrong".into()), 404, "BLOB_UNKNOWN"),
-            (Error::DigestInvalid("what went wrong".into()), 400, "DIGEST_INVALID"),
-            (Error::TagInvalid("what went wrong".into()), 400, "MANIFEST_INVALID"),
-            (Error::Unsupported("what went wrong".into()), 405, "UNSUPPORTED"),
+            (
+                Error::NameInvalid("what went wrong".into()),
+                400,
+                "NAME_INVALID",
+            ),
+            (
+                Error::NameUnknown("what went wrong".into()),
+                404,
+                "NAME_UNKNOWN",
+            ),
+            (
+                Error::ManifestUnknown("what went wrong".into()),
+                404,
+                "MANIFEST_UNKNOWN",
+            ),
+            (
+                Error::ManifestInvalid("what went wrong".into()),
+                400,
+                "MANIFEST_INVALID",
+            ),
+            (
+                Error::BlobUnknown("what went wrong".into()),
+                404,
+                "BLOB_UNKNOWN",
+            ),
+            (
+                Error::DigestInvalid("what went wrong".into()),
+                400,
+                "DIGEST_INVALID",
+            ),
+            (
+                Error::TagInvalid("what went wrong".into()),
+                400,
+                "MANIFEST_INVALID",
+            ),
+            (
+                Error::Unsupported("what went wrong".into()),
+                405,
+                "UNSUPPORTED",
+            ),
             (
                 Error::PaginationInvalid("what went wrong".into()),
                 400,
                 "PAGINATION_NUMBER_INVALID",
             ),
-            (Error::TooManyRequests("what went wrong".into()), 429, "TOOMANYREQUESTS"),
+            (
+                Error::TooManyRequests("what went wrong".into()),
+                429,
+                "TOOMANYREQUESTS",
+            ),
             (Error::Denied("what went wrong".into()), 403, "DENIED"),
-            (Error::Unavailable("what went wrong".into()), 503, "UNAVAILABLE"),
+            (
+                Error::Unavailable("what went wrong".into()),
+                503,
+                "UNAVAILABLE",
+            ),
             (
                 Error::DigestMismatch {
                     expected: d.clone(),

@@ -41,13 +41,13 @@ pub fn parse(value: &str) -> Option<RangeSpec> {
 }
 
 impl RangeSpec {
-    /// The byte range to send, or `Err` when it is unsatisfiable for a blob of `size` bytes.
-    pub fn resolve(self, size: u64) -> Result<Range<u64>, ()> {
+    /// The byte range to send, or `None` when it is unsatisfiable for a blob of `size` bytes.
+    pub fn resolve(self, size: u64) -> Option<Range<u64>> {
         match self {
-            RangeSpec::FromTo(a, b) if a < size => Ok(a..(b.saturating_add(1)).min(size)),
-            RangeSpec::From(a) if a < size => Ok(a..size),
-            RangeSpec::Suffix(n) if n > 0 && size > 0 => Ok(size.saturating_sub(n)..size),
-            _ => Err(()),
+            RangeSpec::FromTo(a, b) if a < size => Some(a..(b.saturating_add(1)).min(size)),
+            RangeSpec::From(a) if a < size => Some(a..size),
+            RangeSpec::Suffix(n) if n > 0 && size > 0 => Some(size.saturating_sub(n)..size),
+            _ => None,
         }
     }
 }
@@ -62,21 +62,30 @@ mod tests {
         assert_eq!(parse("bytes=5-"), Some(RangeSpec::From(5)));
         assert_eq!(parse("bytes=-5"), Some(RangeSpec::Suffix(5)));
         assert_eq!(parse(" bytes= 1 - 2 "), Some(RangeSpec::FromTo(1, 2)));
-        for ignored in ["", "bytes=", "bytes=-", "bytes=9-1", "items=0-1", "bytes=0-1,3-4", "bytes=a-b", "bytes=+1-2"] {
+        for ignored in [
+            "",
+            "bytes=",
+            "bytes=-",
+            "bytes=9-1",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=a-b",
+            "bytes=+1-2",
+        ] {
             assert_eq!(parse(ignored), None, "{ignored:?}");
         }
     }
 
     #[test]
     fn resolving() {
-        assert_eq!(RangeSpec::FromTo(0, 9).resolve(100), Ok(0..10));
-        assert_eq!(RangeSpec::FromTo(90, 200).resolve(100), Ok(90..100));
-        assert_eq!(RangeSpec::From(99).resolve(100), Ok(99..100));
-        assert_eq!(RangeSpec::Suffix(10).resolve(100), Ok(90..100));
-        assert_eq!(RangeSpec::Suffix(1000).resolve(100), Ok(0..100));
-        assert_eq!(RangeSpec::From(100).resolve(100), Err(()));
-        assert_eq!(RangeSpec::FromTo(100, 101).resolve(100), Err(()));
-        assert_eq!(RangeSpec::Suffix(0).resolve(100), Err(()));
-        assert_eq!(RangeSpec::Suffix(5).resolve(0), Err(()));
+        assert_eq!(RangeSpec::FromTo(0, 9).resolve(100), Some(0..10));
+        assert_eq!(RangeSpec::FromTo(90, 200).resolve(100), Some(90..100));
+        assert_eq!(RangeSpec::From(99).resolve(100), Some(99..100));
+        assert_eq!(RangeSpec::Suffix(10).resolve(100), Some(90..100));
+        assert_eq!(RangeSpec::Suffix(1000).resolve(100), Some(0..100));
+        assert_eq!(RangeSpec::From(100).resolve(100), None);
+        assert_eq!(RangeSpec::FromTo(100, 101).resolve(100), None);
+        assert_eq!(RangeSpec::Suffix(0).resolve(100), None);
+        assert_eq!(RangeSpec::Suffix(5).resolve(0), None);
     }
 }

@@ -115,7 +115,10 @@ impl Router {
             }
         }
         if self.default.is_none() {
-            let _ = writeln!(s, "no default upstream: names without a registry prefix get 404");
+            let _ = writeln!(
+                s,
+                "no default upstream: names without a registry prefix get 404"
+            );
         }
         s
     }
@@ -174,7 +177,10 @@ hosts = ["127.0.0.1:5001"]
         // a lone component equal to an upstream name is a repository, not a prefix
         assert_eq!(r("quay", None), ok(0, "library/quay"));
         // (1) ns wins, and a matching prefix is still stripped (override_path)
-        assert_eq!(r("library/alpine", Some("docker.io")), ok(0, "library/alpine"));
+        assert_eq!(
+            r("library/alpine", Some("docker.io")),
+            ok(0, "library/alpine")
+        );
         assert_eq!(r("org/app", Some("quay.io")), ok(1, "org/app"));
         assert_eq!(r("quay.io/org/app", Some("quay.io")), ok(1, "org/app"));
         assert_eq!(r("app", Some("127.0.0.1:5001")), ok(2, "app"));
@@ -192,7 +198,11 @@ hosts = ["127.0.0.1:5001"]
         let router = Router::new(&c.upstreams);
         let e = router.route(&"org/app".parse().unwrap(), None).unwrap_err();
         assert_eq!(e.code(), "NAME_UNKNOWN");
-        assert!(router.route(&"quay.io/org/app".parse().unwrap(), None).is_ok());
-        assert!(router.describe(&c.upstreams).contains("no default upstream"));
+        assert!(router
+            .route(&"quay.io/org/app".parse().unwrap(), None)
+            .is_ok());
+        assert!(router
+            .describe(&c.upstreams)
+            .contains("no default upstream"));
     }
 }

@@ -5,11 +5,21 @@
 pub enum Endpoint<'a> {
     /// `/v2/`: the API version check.
     Base,
-    Manifest { name: &'a str, reference: &'a str },
-    Blob { name: &'a str, digest: &'a str },
+    Manifest {
+        name: &'a str,
+        reference: &'a str,
+    },
+    Blob {
+        name: &'a str,
+        digest: &'a str,
+    },
     /// `/v2/<name>/blobs/uploads/...`: pushing, which a mirror refuses.
-    Upload { name: &'a str },
-    Tags { name: &'a str },
+    Upload {
+        name: &'a str,
+    },
+    Tags {
+        name: &'a str,
+    },
     Catalog,
     NotFound,
 }
@@ -80,14 +90,31 @@ mod tests {
             }
         );
         assert_eq!(parse("/v2/a/b/tags/list"), Endpoint::Tags { name: "a/b" });
-        assert_eq!(parse("/v2/a/blobs/uploads/"), Endpoint::Upload { name: "a" });
+        assert_eq!(
+            parse("/v2/a/blobs/uploads/"),
+            Endpoint::Upload { name: "a" }
+        );
         assert_eq!(
             parse("/v2/a/blobs/uploads/1234-5678"),
             Endpoint::Upload { name: "a" }
         );
         assert_eq!(parse("/v2/_catalog"), Endpoint::Catalog);
-        assert_eq!(parse("/v2/a/manifests/"), Endpoint::Manifest { name: "a", reference: "" });
-        for nf in ["/", "/v3/", "/v2x", "/v2/a", "/v2/a/tags", "/v2/a/things/x", "/healthz"] {
+        assert_eq!(
+            parse("/v2/a/manifests/"),
+            Endpoint::Manifest {
+                name: "a",
+                reference: ""
+            }
+        );
+        for nf in [
+            "/",
+            "/v3/",
+            "/v2x",
+            "/v2/a",
+            "/v2/a/tags",
+            "/v2/a/things/x",
+            "/healthz",
+        ] {
             assert_eq!(parse(nf), Endpoint::NotFound, "{nf}");
         }
     }

@@ -164,11 +164,7 @@ async fn manifest(
 ) -> Result<Response<Body>, Error> {
     let m = registry.manifest(route, reference).await?;
     let digest = m.digest.to_string();
-    let mut r = Response::new(if head {
-        empty()
-    } else {
-        full(m.bytes.clone())
-    });
+    let mut r = Response::new(if head { empty() } else { full(m.bytes.clone()) });
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, header(&m.media_type)?);
     h.insert(CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
@@ -250,7 +246,11 @@ async fn tags<B>(
     h.insert(CONTENT_TYPE, JSON);
     h.insert(CONTENT_LENGTH, HeaderValue::from(page.body.len()));
     // The upstream's next-page link names its own repository path; point it back at ours.
-    if let Some(link) = page.link.as_deref().and_then(|l| rewrite_link(l, client_name)) {
+    if let Some(link) = page
+        .link
+        .as_deref()
+        .and_then(|l| rewrite_link(l, client_name))
+    {
         h.insert(LINK, header(&link)?);
     }
     Ok(r)

@@ -29,7 +29,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serves the registry API on `listener` until `shutdown` resolves, then lets in-flight
 /// connections finish for up to [`SHUTDOWN_GRACE`].
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);

@@ -83,7 +83,9 @@ impl FromStr for Digest {
         // The spec's algorithm grammar: [a-z0-9]+([+._-][a-z0-9]+)*
         let alg_ok = !alg.is_empty()
             && alg.split(['+', '.', '_', '-']).all(|p| {
-                !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
             });
         if !alg_ok || enc.is_empty() {
             return Err(DigestError::Malformed(s.to_string()));
@@ -95,7 +97,9 @@ impl FromStr for Digest {
         };
         // The image spec requires lower-case hex for both registered algorithms.
         if enc.len() != algorithm.hex_len()
-            || !enc.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !enc
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(DigestError::BadEncoding(s.to_string()));
         }

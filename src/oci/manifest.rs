@@ -155,7 +155,10 @@ mod tests {
         let r = parse(m.as_bytes(), Some("application/json")).unwrap();
         assert_eq!(r.media_type, media::OCI_INDEX);
         assert_eq!(r.manifests.len(), 1);
-        assert_eq!(r.manifests[0].platform.as_ref().unwrap().architecture, "arm64");
+        assert_eq!(
+            r.manifests[0].platform.as_ref().unwrap().architecture,
+            "arm64"
+        );
     }
 
     #[test]

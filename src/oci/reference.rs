@@ -261,7 +261,11 @@ mod tests {
         let n: RepoName = "docker.io/library/alpine".parse().unwrap();
         assert_eq!(n.strip_first().unwrap().as_str(), "library/alpine");
         assert_eq!(n.last_component(), "alpine");
-        assert!("alpine".parse::<RepoName>().unwrap().strip_first().is_none());
+        assert!("alpine"
+            .parse::<RepoName>()
+            .unwrap()
+            .strip_first()
+            .is_none());
     }
 
     #[test]

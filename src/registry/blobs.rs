@@ -1,8 +1,8 @@
 //! Blobs: served from the store when cached and known to belong to the repository, otherwise
 //! streamed from a (shared) fill of the upstream's bytes.
 
-use std::ops::Range;
 use futures_util::TryStreamExt;
+use std::ops::Range;
 
 use super::records::BlobLink;
 use super::{LinkKey, Registry};
@@ -52,11 +52,18 @@ impl Registry {
             return Ok(size);
         }
         let up = self.upstream(route);
-        up.head_blob(&route.repo, d).await?.ok_or_else(|| blob_unknown(route, d))
+        up.head_blob(&route.repo, d)
+            .await?
+            .ok_or_else(|| blob_unknown(route, d))
     }
 
     /// A blob's bytes (or the requested range of them).
-    pub async fn blob(&self, route: &Route, d: &Digest, range: Option<RangeSpec>) -> Result<BlobBody> {
+    pub async fn blob(
+        &self,
+        route: &Route,
+        d: &Digest,
+        range: Option<RangeSpec>,
+    ) -> Result<BlobBody> {
         let key = link_key(route, d);
         let linked = self.blob_linked(&key).await?;
         if let Some(size) = self.cached_blob_size(d).await? {
@@ -64,7 +71,7 @@ impl Registry {
                 self.check_upstream_has(route, d).await?;
             }
             let range = match range {
-                Some(spec) => Some(spec.resolve(size).map_err(|()| Error::RangeInvalid { size })?),
+                Some(spec) => Some(spec.resolve(size).ok_or(Error::RangeInvalid { size })?),
                 None => None,
             };
             if let Some(stream) = self.store.read_blob(d, range.clone()).await? {
@@ -131,7 +138,7 @@ impl Registry {
         let size = fill.started().await.map_err(|e| (*e).clone())?;
         let (range, stream) = match (range, size) {
             (Some(spec), Some(size)) => {
-                let r = spec.resolve(size).map_err(|()| Error::RangeInvalid { size })?;
+                let r = spec.resolve(size).ok_or(Error::RangeInvalid { size })?;
                 (Some(r.clone()), fill.reader(r.start, Some(r.end)))
             }
             _ => (None, fill.reader(0, None)),
@@ -149,7 +156,10 @@ impl Registry {
             .metrics
             .served_bytes
             .with_label_values(&[body.source.as_str()]);
-        body.stream = Box::pin(body.stream.inspect_ok(move |b| counter.inc_by(b.len() as u64)));
+        body.stream = Box::pin(
+            body.stream
+                .inspect_ok(move |b| counter.inc_by(b.len() as u64)),
+        );
         body
     }
 
@@ -185,7 +195,10 @@ impl Registry {
             .await?
             .ok_or_else(|| blob_unknown(route, d))?;
         self.store
-            .put_record(&layout::blob_link(&up.name, &route.repo, d), &BlobLink { size })
+            .put_record(
+                &layout::blob_link(&up.name, &route.repo, d),
+                &BlobLink { size },
+            )
             .await?;
         self.blob_links.insert(link_key(route, d), ()).await;
         Ok(())

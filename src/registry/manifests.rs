@@ -77,7 +77,9 @@ impl Registry {
                             ..rec.clone()
                         };
                         self.store.put_record(&tag_key, &rec).await?;
-                        self.tags.insert(key, Arc::new(TagState::new(rec, ttl))).await;
+                        self.tags
+                            .insert(key, Arc::new(TagState::new(rec, ttl)))
+                            .await;
                         self.metrics.cache_hits.with_label_values(&["tag"]).inc();
                         return Ok(m);
                     }
@@ -119,7 +121,9 @@ impl Registry {
             checked_at: now,
         };
         self.store.put_record(&tag_key, &rec).await?;
-        self.tags.insert(key, Arc::new(TagState::new(rec, ttl))).await;
+        self.tags
+            .insert(key, Arc::new(TagState::new(rec, ttl)))
+            .await;
         Ok(m)
     }
 
@@ -127,7 +131,10 @@ impl Registry {
         let key = (route.upstream, route.repo.clone(), d.clone());
         if self.manifest_links.contains_key(&key) {
             if let Some(m) = self.manifests.get(d).await {
-                self.metrics.cache_hits.with_label_values(&["manifest"]).inc();
+                self.metrics
+                    .cache_hits
+                    .with_label_values(&["manifest"])
+                    .inc();
                 return Ok(m);
             }
         }
@@ -138,18 +145,28 @@ impl Registry {
                     Some(mt) => Some(mt.to_string()),
                     None => self
                         .store
-                        .get_record::<ManifestLink>(&layout::manifest_link(&up.name, &route.repo, d))
+                        .get_record::<ManifestLink>(&layout::manifest_link(
+                            &up.name,
+                            &route.repo,
+                            d,
+                        ))
                         .await?
                         .map(|l| l.media_type),
                 };
                 if let Some(mt) = link {
                     if let Some(m) = self.load_manifest(d, &mt).await? {
                         self.manifest_links.insert(key, mt.into()).await;
-                        self.metrics.cache_hits.with_label_values(&["manifest"]).inc();
+                        self.metrics
+                            .cache_hits
+                            .with_label_values(&["manifest"])
+                            .inc();
                         return Ok(m);
                     }
                 }
-                self.metrics.cache_misses.with_label_values(&["manifest"]).inc();
+                self.metrics
+                    .cache_misses
+                    .with_label_values(&["manifest"])
+                    .inc();
                 self.fetch_and_store(route, &d.to_string(), Some(d)).await
             })
             .await
@@ -231,7 +248,10 @@ impl Registry {
         });
         try_join_all(blob_links).await?;
         store
-            .put_record(&layout::manifest_link(&up.name, &route.repo, &digest), &link)
+            .put_record(
+                &layout::manifest_link(&up.name, &route.repo, &digest),
+                &link,
+            )
             .await?;
         for (b, _) in &refs.blobs {
             self.blob_links

@@ -92,7 +92,9 @@ impl Registry {
         &self.upstreams[route.upstream].name
     }
 
-    /// One page of the upstream's tag list. `n` and `last` are the only parameters passed on.
+    /// One page of the upstream's tag list. `n` and `last` are the only parameters passed on;
+    /// when the upstream ignores them (distribution 2.8 does), the page is cut here, in the
+    /// spec's lexical order, with a `Link` to the next one.
     pub async fn tags(&self, route: &Route, n: Option<u32>, last: Option<&Tag>) -> Result<TagPage> {
         let query = {
             let mut q = url::form_urlencoded::Serializer::new(String::new());
@@ -104,7 +106,8 @@ impl Registry {
             }
             q.finish()
         };
-        self.upstream(route)
+        let page = self
+            .upstream(route)
             .tags(&route.repo, &query)
             .await?
             .ok_or_else(|| {
@@ -113,11 +116,51 @@ impl Registry {
                     route.repo,
                     self.upstream_name(route)
                 ))
-            })
+            })?;
+        if n.is_none() && last.is_none() {
+            return Ok(page);
+        }
+        Ok(paginate(page, &route.repo, n, last))
     }
 
     /// Number of blob fills in flight (for tests and metrics).
     pub fn fills_in_flight(&self) -> usize {
         self.fills.len()
+    }
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct TagList {
+    name: String,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+fn paginate(page: TagPage, repo: &RepoName, n: Option<u32>, last: Option<&Tag>) -> TagPage {
+    let Ok(mut list) = serde_json::from_slice::<TagList>(&page.body) else {
+        return page;
+    };
+    let mut tags = list.tags.take().unwrap_or_default();
+    tags.sort();
+    if let Some(l) = last {
+        tags.retain(|t| t.as_str() > l.as_str());
+    }
+    let limit = n.map_or(usize::MAX, |n| n as usize);
+    let more = tags.len() > limit;
+    tags.truncate(limit);
+    let link = match (&page.link, more, tags.last()) {
+        (Some(l), _, _) => Some(l.clone()),
+        (None, true, Some(last)) => Some(format!(
+            "</v2/{repo}/tags/list?n={limit}&last={last}>; rel=\"next\""
+        )),
+        _ => None,
+    };
+    list.tags = Some(tags);
+    match serde_json::to_vec(&list) {
+        Ok(body) => TagPage {
+            body: body.into(),
+            link,
+        },
+        Err(_) => page,
     }
 }

@@ -68,7 +68,9 @@ impl Fill {
                 Phase::Done => return Ok(Some(p.written)),
             }
             if rx.changed().await.is_err() {
-                return Err(Arc::new(Error::Internal("blob fill ended unexpectedly".into())));
+                return Err(Arc::new(Error::Internal(
+                    "blob fill ended unexpectedly".into(),
+                )));
             }
         }
     }
@@ -84,7 +86,9 @@ impl Fill {
                 _ => {}
             }
             if rx.changed().await.is_err() {
-                return Err(Arc::new(Error::Internal("blob fill ended unexpectedly".into())));
+                return Err(Arc::new(Error::Internal(
+                    "blob fill ended unexpectedly".into(),
+                )));
             }
         }
     }
@@ -364,17 +368,22 @@ mod tests {
             let (tx, src) = channel_source(Some(data.len() as u64));
             let (fill, started) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
             assert!(started);
-            let (again, started2) =
-                fills.join_or_start(&d, "up/a", || async { panic!("second source must not run") });
+            let (again, started2) = fills.join_or_start(&d, "up/a", || async {
+                panic!("second source must not run")
+            });
             assert!(!started2 && Arc::ptr_eq(&fill, &again));
 
-            tx.send(Ok(Bytes::from_static(b"0123456789"))).await.unwrap();
+            tx.send(Ok(Bytes::from_static(b"0123456789")))
+                .await
+                .unwrap();
             assert_eq!(fill.started().await.unwrap(), Some(20));
             let mut r = fill.reader(0, None);
             // The first bytes arrive while the upstream is still sending (all but the held-back last one).
             let first = r.try_next().await.unwrap().unwrap();
             assert_eq!(&first[..], b"012345678");
-            tx.send(Ok(Bytes::from_static(b"abcdefghij"))).await.unwrap();
+            tx.send(Ok(Bytes::from_static(b"abcdefghij")))
+                .await
+                .unwrap();
             drop(tx);
             let rest: Vec<Bytes> = r.try_collect().await.unwrap();
             assert_eq!([first, rest.concat().into()].concat(), data);
@@ -395,11 +404,16 @@ mod tests {
             let d = Digest::sha256_of(b"good bytes");
             let (tx, src) = channel_source(Some(10));
             let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
-            tx.send(Ok(Bytes::from_static(b"evil bytes"))).await.unwrap();
+            tx.send(Ok(Bytes::from_static(b"evil bytes")))
+                .await
+                .unwrap();
             drop(tx);
             let r: std::io::Result<Vec<Bytes>> = fill.reader(0, None).try_collect().await;
             assert!(r.is_err(), "a corrupt blob must not be delivered whole");
-            assert!(matches!(&*fill.finished().await.unwrap_err(), Error::DigestMismatch { .. }));
+            assert!(matches!(
+                &*fill.finished().await.unwrap_err(),
+                Error::DigestMismatch { .. }
+            ));
             assert_eq!(store.blob_size(&d).await.unwrap(), None);
         }
     }

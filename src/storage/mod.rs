@@ -76,8 +76,9 @@ impl Store {
                 let fs = LocalFileSystem::new_with_prefix(&root)
                     .map_err(|e| format!("storage.url: {}: {e}", root.display()))?;
                 let staging = root.join(sink::LOCAL_STAGING_DIR);
-                std::fs::create_dir_all(&staging)
-                    .map_err(|e| format!("storage.url: cannot create {}: {e}", staging.display()))?;
+                std::fs::create_dir_all(&staging).map_err(|e| {
+                    format!("storage.url: cannot create {}: {e}", staging.display())
+                })?;
                 sink::clean_stale_staging(&staging);
                 Ok(Store {
                     os: Arc::new(fs),
@@ -112,7 +113,11 @@ impl Store {
 
     /// Streams `range` of a cached blob (the whole blob for `None`). The range must lie within
     /// the blob; callers check it against [`Store::blob_size`].
-    pub async fn read_blob(&self, d: &Digest, range: Option<Range<u64>>) -> Result<Option<ByteStream>> {
+    pub async fn read_blob(
+        &self,
+        d: &Digest,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<ByteStream>> {
         let key = layout::blob(d);
         if let Some(root) = &self.local_root {
             let path = root.join(key.as_ref());
@@ -123,10 +128,12 @@ impl Store {
             };
             let range = match range {
                 Some(r) => r,
-                None => 0..file
-                    .metadata()
-                    .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?
-                    .len(),
+                None => {
+                    0..file
+                        .metadata()
+                        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?
+                        .len()
+                }
             };
             return Ok(Some(file_stream(Arc::new(file), range)));
         }

@@ -81,9 +81,7 @@ impl BlobSink {
                 let upload = store.os.put_multipart(&layout::blob(d)).await?;
                 (
                     file,
-                    Target::Multipart(Some(WriteMultipart::new_with_chunk_size(
-                        upload, PART_SIZE,
-                    ))),
+                    Target::Multipart(Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))),
                 )
             }
         };
@@ -157,8 +155,9 @@ impl BlobSink {
                         .map_err(|e| Error::Internal(format!("{}: {e}", parent.display())))?;
                 }
                 // rename(2) is atomic: readers see no file or the whole verified file.
-                std::fs::rename(&*staged, &*final_path)
-                    .map_err(|e| Error::Internal(format!("publish {}: {e}", final_path.display())))?;
+                std::fs::rename(&*staged, &*final_path).map_err(|e| {
+                    Error::Internal(format!("publish {}: {e}", final_path.display()))
+                })?;
                 *published = true;
             }
             Target::Multipart(w) => {
@@ -268,7 +267,10 @@ mod tests {
                 sink.write(Bytes::copy_from_slice(c)).await.unwrap();
                 assert_eq!(store.blob_size(&d).await.unwrap(), None, "{store:?}");
             }
-            assert_eq!(sink.commit(Some(data.len() as u64)).await.unwrap(), data.len() as u64);
+            assert_eq!(
+                sink.commit(Some(data.len() as u64)).await.unwrap(),
+                data.len() as u64
+            );
             assert_eq!(store.blob_size(&d).await.unwrap(), Some(data.len() as u64));
             assert_eq!(read_all(&store, &d).await.unwrap(), data);
             let part: Vec<Bytes> = store
@@ -289,14 +291,18 @@ mod tests {
         for store in stores(dir.path()) {
             let d = Digest::sha256_of(b"the real content");
             let mut sink = store.begin_blob(&d).await.unwrap();
-            sink.write(Bytes::from_static(b"evil content")).await.unwrap();
+            sink.write(Bytes::from_static(b"evil content"))
+                .await
+                .unwrap();
             let err = sink.commit(None).await.unwrap_err();
             assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
             assert_eq!(store.blob_size(&d).await.unwrap(), None);
 
             // Right bytes, wrong announced size.
             let mut sink = store.begin_blob(&d).await.unwrap();
-            sink.write(Bytes::from_static(b"the real content")).await.unwrap();
+            sink.write(Bytes::from_static(b"the real content"))
+                .await
+                .unwrap();
             assert!(sink.commit(Some(99)).await.is_err());
             assert_eq!(store.blob_size(&d).await.unwrap(), None);
 

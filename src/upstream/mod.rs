@@ -318,7 +318,11 @@ impl Upstream {
     }
 
     /// HEAD a manifest: `None` when the upstream does not have it.
-    pub async fn head_manifest(&self, repo: &RepoName, reference: &str) -> UResult<Option<ManifestHead>> {
+    pub async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> UResult<Option<ManifestHead>> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
         let resp = self
             .send(Method::HEAD, url, repo, Some(media::UPSTREAM_ACCEPT))
@@ -338,7 +342,11 @@ impl Upstream {
     }
 
     /// GET a manifest, refusing more than [`MAX_MANIFEST_SIZE`] bytes.
-    pub async fn get_manifest(&self, repo: &RepoName, reference: &str) -> UResult<Option<FetchedManifest>> {
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> UResult<Option<FetchedManifest>> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
         let resp = self
             .send(Method::GET, url, repo, Some(media::UPSTREAM_ACCEPT))
@@ -411,10 +419,7 @@ impl Upstream {
         let stream = resp
             .bytes_stream()
             .map_err(move |e| {
-                Error::Unavailable(format!(
-                    "{name}: blob transfer failed: {}",
-                    e.without_url()
-                ))
+                Error::Unavailable(format!("{name}: blob transfer failed: {}", e.without_url()))
             })
             .boxed();
         Ok(Some(BlobSource { size, stream }))

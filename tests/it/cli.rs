@@ -1,0 +1,99 @@
+//! The command line: `--version`, `check-config`, and start-up failures on bad config.
+
+use std::process::Command;
+
+use crate::support::archway::Archway;
+
+fn archway(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(Archway::bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn version() {
+    let (code, out, _) = archway(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("archway "), "{out}");
+}
+
+#[test]
+fn check_config_prints_the_routing_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ok.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[[upstream]]
+name = "dockerhub"
+url = "https://registry-1.docker.io"
+hosts = ["docker.io"]
+default = true
+[[upstream]]
+name = "quay"
+url = "https://quay.io"
+hosts = ["quay.io"]
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = archway(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("dockerhub") && out.contains("(default)"),
+        "{out}"
+    );
+    assert!(out.contains("quay.io"), "{out}");
+    assert!(out.contains("library/"), "{out}");
+
+    // The shipped config is valid too.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/archway.toml");
+    let (code, _, err) = archway(&["check-config", shipped]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn bad_config_names_the_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[cache]
+tag_ttl = "soon"
+[[upstream]]
+name = "a"
+url = "https://a.example"
+hosts = ["docker.io"]
+default = true
+[[upstream]]
+name = "b"
+url = "not a url"
+hosts = ["docker.io"]
+default = true
+"#,
+    )
+    .unwrap();
+    let path = cfg.to_str().unwrap();
+    for args in [vec!["check-config", path], vec!["serve", "--config", path]] {
+        let (code, _, err) = archway(&args);
+        assert_eq!(code, 2, "{args:?}");
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(err.contains("cache.tag_ttl: bad duration"), "{err}");
+        assert!(err.contains("upstream[1].url"), "{err}");
+        assert!(
+            err.contains("upstream[1].hosts[0]") && err.contains("duplicate host"),
+            "{err}"
+        );
+        assert!(err.contains("more than one default upstream"), "{err}");
+    }
+    std::fs::write(&cfg, "[server]\nlisten = \"127.0.0.1:0\"\ntypo = 1\n").unwrap();
+    let (code, _, err) = archway(&["check-config", path]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("server.typo") && err.contains("unknown field"),
+        "{err}"
+    );
+}

@@ -1,0 +1,12 @@
+//! Integration tests: real `docker-registry` upstreams, the real `archway` binary, real
+//! `skopeo`. One test binary, so the suite links once.
+
+mod support;
+
+mod cli;
+mod dedup;
+mod errors;
+mod faults;
+mod pull;
+mod routing;
+mod tags;

@@ -1,0 +1,284 @@
+//! Pulling through archway with skopeo: cold, warm, by digest, ranges, restarts, and the
+//! per-repository blob rule.
+
+use crate::support::archway::{Archway, Settings};
+use crate::support::images::{Image, Pusher};
+use crate::support::registry::{Options, Upstream};
+use crate::support::{http, random_bytes, skopeo, unique_seed};
+
+async fn seeded_image(up: &Upstream, repo: &str, tag: &str) -> Image {
+    let seed = unique_seed();
+    let img = Image::new(
+        "linux/amd64",
+        vec![
+            random_bytes(seed, 300_000),
+            random_bytes(seed + 1, 2_500_000),
+            random_bytes(seed + 2, 10),
+        ],
+    );
+    Pusher::new(&up.url(), up.creds.clone())
+        .image(repo, tag, &img)
+        .await;
+    img
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_then_warm_pull_with_every_digest_verified() {
+    let mut up = Upstream::start().await;
+    let img = seeded_image(&up, "team/app", "v1").await;
+    let aw = Archway::start(&Settings::single(&up.url())).await;
+
+    let cold = tempfile::tempdir().unwrap();
+    let out = skopeo::copy_to_oci(&format!("{}/team/app:v1", aw.host()), cold.path(), &[]);
+    assert!(out.ok, "cold pull failed: {}", out.stderr);
+    assert_eq!(skopeo::verify_oci_layout(cold.path()), 5); // manifest, config, 3 layers
+    for b in img.blobs() {
+        assert!(
+            skopeo::layout_has(cold.path(), &b.digest),
+            "{} missing from {:?}",
+            b.digest,
+            std::fs::read_dir(cold.path().join("blobs/sha256"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            up.blob_gets("team/app", &b.digest),
+            1,
+            "one upstream GET per blob"
+        );
+    }
+    assert!(skopeo::layout_has(cold.path(), &img.digest));
+
+    // Warm: the upstream is gone, everything comes from the cache.
+    up.stop();
+    let warm = tempfile::tempdir().unwrap();
+    let out = skopeo::copy_to_oci(&format!("{}/team/app:v1", aw.host()), warm.path(), &[]);
+    assert!(
+        out.ok,
+        "warm pull failed with the upstream down: {}",
+        out.stderr
+    );
+    assert_eq!(skopeo::verify_oci_layout(warm.path()), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_by_digest_is_served_from_cache_without_upstream() {
+    let mut up = Upstream::start().await;
+    let img = seeded_image(&up, "app", "v1").await;
+    let aw = Archway::start(&Settings::single(&up.url())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let by_digest = format!("{}/app@{}", aw.host(), img.digest);
+    let out = skopeo::copy_to_oci(&by_digest, dir.path(), &[]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        up.count("GET", &format!("/v2/app/manifests/{}", img.digest)),
+        1
+    );
+
+    up.stop();
+    let r = http()
+        .get(format!("{}/v2/app/manifests/{}", aw.url(), img.digest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], img.digest.as_str());
+    assert_eq!(r.headers()["content-type"], img.media_type);
+    assert_eq!(
+        r.bytes().await.unwrap(),
+        img.manifest,
+        "bytes exactly as upstream sent them"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_and_blob_headers_and_ranges() {
+    let up = Upstream::start().await;
+    let img = seeded_image(&up, "ranged", "v1").await;
+    let aw = Archway::start(&Settings::single(&up.url())).await;
+    let c = http();
+    let layer = &img.layers[1];
+    let url = format!("{}/v2/ranged/blobs/{}", aw.url(), layer.digest);
+
+    // HEAD of a manifest carries what containerd needs to resolve a tag.
+    let r = c
+        .head(format!("{}/v2/ranged/manifests/v1", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], img.digest.as_str());
+    assert_eq!(
+        r.headers()["content-length"],
+        img.manifest.len().to_string().as_str()
+    );
+    assert_eq!(
+        r.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+
+    // A range on a blob that is not cached yet is served from the fill.
+    let r = c
+        .get(&url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 100-199/{}", layer.data.len()).as_str()
+    );
+    assert_eq!(r.bytes().await.unwrap(), &layer.data[100..200]);
+
+    // Now cached: whole, bounded, open-ended, suffix, unsatisfiable, ignored multi-range.
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(r.bytes().await.unwrap(), layer.data);
+    let len = layer.data.len();
+    for (range, want) in [
+        ("bytes=0-0".to_string(), &layer.data[0..1]),
+        (format!("bytes={}-", len - 10), &layer.data[len - 10..]),
+        ("bytes=-7".to_string(), &layer.data[len - 7..]),
+        (format!("bytes=5-{}", len * 2), &layer.data[5..]),
+    ] {
+        let r = c.get(&url).header("range", &range).send().await.unwrap();
+        assert_eq!(r.status(), 206, "{range}");
+        assert_eq!(r.bytes().await.unwrap(), want, "{range}");
+    }
+    let r = c
+        .get(&url)
+        .header("range", format!("bytes={len}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{len}").as_str()
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "RANGE_INVALID");
+    let r = c
+        .get(&url)
+        .header("range", "bytes=0-1,5-6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "multi-range is ignored");
+
+    let r = c.head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], len.to_string().as_str());
+    assert_eq!(r.headers()["docker-content-digest"], layer.digest.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_archway_serves_everything_with_upstream_down() {
+    let mut up = Upstream::start().await;
+    let img = seeded_image(&up, "persist/app", "v1").await;
+    let settings = Settings::single(&up.url());
+    let aw = Archway::start(&settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = skopeo::copy_to_oci(&format!("{}/persist/app:v1", aw.host()), dir.path(), &[]);
+    assert!(out.ok, "{}", out.stderr);
+
+    let cache = aw.stop();
+    up.stop();
+    let aw = Archway::start_in(cache, &settings).await;
+    for reference in ["v1", img.digest.as_str()] {
+        let dir = tempfile::tempdir().unwrap();
+        let src = if reference.starts_with("sha256:") {
+            format!("{}/persist/app@{reference}", aw.host())
+        } else {
+            format!("{}/persist/app:{reference}", aw.host())
+        };
+        let out = skopeo::copy_to_oci(&src, dir.path(), &[]);
+        assert!(
+            out.ok,
+            "pull of {reference} after restart failed: {}",
+            out.stderr
+        );
+        assert_eq!(skopeo::verify_oci_layout(dir.path()), 5);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_of_one_repository_are_not_readable_through_another() {
+    let up = Upstream::start().await;
+    let img = seeded_image(&up, "private/a", "v1").await;
+    let aw = Archway::start(&Settings::single(&up.url())).await;
+    let c = http();
+    let r = c
+        .get(format!("{}/v2/private/a/manifests/v1", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let layer = &img.layers[0];
+    let r = c
+        .get(format!("{}/v2/private/a/blobs/{}", aw.url(), layer.digest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), layer.data);
+
+    // The blob is cached now, but repository b never had it.
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        let r = c
+            .request(
+                method.clone(),
+                format!("{}/v2/other/b/blobs/{}", aw.url(), layer.digest),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method}");
+        if method == reqwest::Method::GET {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["errors"][0]["code"], "BLOB_UNKNOWN");
+        }
+    }
+    // Same for the manifest by digest.
+    let r = c
+        .get(format!("{}/v2/other/b/manifests/{}", aw.url(), img.digest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_upstream_with_and_without_credentials() {
+    let creds = ("mirror".to_string(), "s3cret-pw".to_string());
+    let up = Upstream::start_with(Options {
+        htpasswd: Some(creds.clone()),
+    })
+    .await;
+    seeded_image(&up, "locked/app", "v1").await;
+
+    let mut settings = Settings::single(&up.url());
+    settings.upstreams[0].creds = Some(creds);
+    let aw = Archway::start(&settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = skopeo::copy_to_oci(&format!("{}/locked/app:v1", aw.host()), dir.path(), &[]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(skopeo::verify_oci_layout(dir.path()), 5);
+    assert!(
+        !aw.log_text().contains("s3cret-pw"),
+        "a password reached the log"
+    );
+
+    let anon = Archway::start(&Settings::single(&up.url())).await;
+    let r = http()
+        .get(format!("{}/v2/locked/app/manifests/v1", anon.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+}

@@ -1,0 +1,183 @@
+//! The real `archway` binary, started with a generated config on a free port.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::{free_port, wait_ready};
+
+pub struct Archway {
+    pub port: u16,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// One `[[upstream]]` table.
+pub struct UpstreamSpec {
+    pub name: String,
+    pub url: String,
+    pub hosts: Vec<String>,
+    pub default: bool,
+    pub creds: Option<(String, String)>,
+}
+
+impl UpstreamSpec {
+    pub fn new(name: &str, url: &str, hosts: &[&str], default: bool) -> UpstreamSpec {
+        UpstreamSpec {
+            name: name.into(),
+            url: url.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            default,
+            creds: None,
+        }
+    }
+}
+
+pub struct Settings {
+    pub upstreams: Vec<UpstreamSpec>,
+    pub tag_ttl: String,
+    pub serve_stale: bool,
+    /// `None`: a `file://` cache in the instance's temp dir.
+    pub storage_url: Option<String>,
+    pub extra: String,
+}
+
+impl Settings {
+    /// One default upstream named `up` answering to `docker.io`-less host `upstream.test`.
+    pub fn single(url: &str) -> Settings {
+        Settings {
+            upstreams: vec![UpstreamSpec::new("up", url, &["upstream.test"], true)],
+            tag_ttl: "1h".into(),
+            serve_stale: true,
+            storage_url: None,
+            extra: String::new(),
+        }
+    }
+}
+
+pub fn render(settings: &Settings, dir: &Path, port: u16) -> String {
+    let storage = settings
+        .storage_url
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", dir.join("cache").display()));
+    let mut s = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[storage]\nurl = \"{storage}\"\nspool_dir = \"{}\"\n\n[cache]\ntag_ttl = \"{}\"\nserve_stale = {}\n\n",
+        dir.join("spool").display(),
+        settings.tag_ttl,
+        settings.serve_stale
+    );
+    for (i, u) in settings.upstreams.iter().enumerate() {
+        s.push_str(&format!(
+            "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\nhosts = [{}]\ndefault = {}\nconnect_timeout = \"2s\"\nread_timeout = \"5s\"\n",
+            u.name,
+            u.url,
+            u.hosts
+                .iter()
+                .map(|h| format!("\"{h}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            u.default
+        ));
+        if let Some((user, pass)) = &u.creds {
+            let pw = dir.join(format!("password-{i}"));
+            std::fs::write(&pw, format!("{pass}\n")).expect("write password");
+            s.push_str(&format!(
+                "username = \"{user}\"\npassword_file = \"{}\"\n",
+                pw.display()
+            ));
+        }
+        s.push('\n');
+    }
+    s.push_str(&settings.extra);
+    s
+}
+
+impl Archway {
+    pub fn bin() -> &'static str {
+        env!("CARGO_BIN_EXE_archway")
+    }
+
+    pub async fn start(settings: &Settings) -> Archway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Archway::start_in(dir, settings).await
+    }
+
+    /// Starts on an existing directory (to restart with the same cache).
+    pub async fn start_in(dir: TempDir, settings: &Settings) -> Archway {
+        let port = free_port();
+        let config = dir.path().join("archway.toml");
+        std::fs::write(&config, render(settings, dir.path(), port)).expect("write config");
+        let mut a = Archway {
+            port,
+            log: dir.path().join("archway.log"),
+            config,
+            dir,
+            child: None,
+        };
+        a.spawn().await;
+        a
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(Archway::bin())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("ARCHWAY_LOG", "info,archway=debug")
+            .stdout(log.try_clone().expect("fd"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn archway");
+        self.child = Some(child);
+        assert!(
+            wait_ready(&format!("{}/v2/", self.url()), Duration::from_secs(20)).await,
+            "archway did not start; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// Stops the process and hands back its directory (cache included) for a restart.
+    pub fn stop(mut self) -> TempDir {
+        self.kill();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Archway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

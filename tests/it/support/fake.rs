@@ -1,0 +1,199 @@
+//! An in-process upstream for fault injection only: it serves what the test tells it to,
+//! including wrong bytes, cut connections, 429s and auth challenges, and counts requests.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// What to answer for one path.
+#[derive(Clone)]
+pub enum Reply {
+    Ok {
+        content_type: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    Status(u16, Vec<(String, String)>),
+}
+
+/// A request as the fake saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+}
+
+type Handler = Arc<dyn Fn(&Request<Incoming>) -> Option<Reply> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Fake {
+    pub port: u16,
+    routes: Arc<Mutex<HashMap<String, Reply>>>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    handler: Arc<Mutex<Option<Handler>>>,
+}
+
+impl Fake {
+    pub async fn start() -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let fake = Fake {
+            port,
+            routes: Arc::default(),
+            seen: Arc::default(),
+            handler: Arc::default(),
+        };
+        let f = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let f = f.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let f = f.clone();
+                        async move { Ok::<_, Infallible>(f.answer(req)) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        fake
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn route(&self, path: &str, reply: Reply) {
+        self.routes
+            .lock()
+            .expect("lock")
+            .insert(path.to_string(), reply);
+    }
+
+    /// A custom handler tried before the fixed routes.
+    pub fn handler(&self, h: impl Fn(&Request<Incoming>) -> Option<Reply> + Send + Sync + 'static) {
+        *self.handler.lock().expect("lock") = Some(Arc::new(h));
+    }
+
+    pub fn count(&self, method: &str, path: &str) -> usize {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.method == method && s.path == path)
+            .count()
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+        self.seen.lock().expect("lock").push(Seen {
+            method: req.method().to_string(),
+            path: req.uri().path().to_string(),
+            authorization: req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        });
+        let custom = self.handler.lock().expect("lock").clone();
+        let reply = custom
+            .and_then(|h| h(&req))
+            .or_else(|| {
+                self.routes
+                    .lock()
+                    .expect("lock")
+                    .get(req.uri().path())
+                    .cloned()
+            })
+            .unwrap_or(Reply::Status(404, vec![]));
+        let head = req.method() == http::Method::HEAD;
+        let full = |b: Vec<u8>| Full::new(Bytes::from(b)).map_err(|n| match n {}).boxed();
+        match reply {
+            Reply::Ok {
+                content_type,
+                headers,
+                body,
+            } => {
+                let len = body.len();
+                let mut r = Response::new(if head { full(vec![]) } else { full(body) });
+                r.headers_mut()
+                    .insert("content-type", content_type.parse().expect("header"));
+                r.headers_mut().insert("content-length", len.into());
+                for (k, v) in headers {
+                    r.headers_mut().insert(
+                        http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                        v.parse().expect("value"),
+                    );
+                }
+                r
+            }
+            Reply::Status(code, headers) => {
+                let mut r = Response::new(full(
+                    br#"{"errors":[{"code":"X","message":"injected"}]}"#.to_vec(),
+                ));
+                *r.status_mut() = StatusCode::from_u16(code).expect("status");
+                for (k, v) in headers {
+                    r.headers_mut().insert(
+                        http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                        v.parse().expect("value"),
+                    );
+                }
+                r
+            }
+        }
+    }
+}
+
+/// A raw TCP upstream that answers every request with `200`, a `Content-Length` of `len`,
+/// the first bytes of the body, and then closes the connection: a transfer cut mid-blob.
+pub async fn cut_server(len: usize, prefix: Vec<u8>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let prefix = prefix.clone();
+            tokio::spawn(async move {
+                // Read the request head.
+                let mut buf = Vec::new();
+                let mut b = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&prefix).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    port
+}

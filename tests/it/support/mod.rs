@@ -1,0 +1,88 @@
+//! Test support: a real upstream (`docker-registry`), the real `archway` binary, an image
+//! builder that pushes through the distribution API, and an in-process fault injector.
+
+#![allow(dead_code)]
+
+pub mod archway;
+pub mod fake;
+pub mod images;
+pub mod registry;
+pub mod skopeo;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+/// A free loopback port. The listener is dropped before the port is used; the processes that
+/// take it retry their start-up once if another process took it in between.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a loopback port")
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+/// Polls `url` until it answers (any status) or `deadline` passes. Start-up readiness, not
+/// synchronisation between test steps.
+pub async fn wait_ready(url: &str, deadline: Duration) -> bool {
+    let client = http();
+    let start = std::time::Instant::now();
+    while start.elapsed() < deadline {
+        if client.get(url).send().await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Pseudo-random bytes that differ per seed, so every test image has unique blobs.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A seed unique to this process and call, so parallel tests never share blobs by accident.
+pub fn unique_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (N.fetch_add(1, Ordering::SeqCst) << 48) ^ (std::process::id() as u64) << 32
+}
+
+/// Sends a request line as written, without any client-side path normalisation (reqwest
+/// resolves `..`), and returns the status code.
+pub fn raw_status(port: u16, method: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,59 @@
+//! The real `skopeo` client, and checks on what it wrote.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::images::sha256;
+
+pub struct Output {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(args: &[&str]) -> Output {
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("skopeo must be installed (make test installs it)");
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `skopeo copy docker://SRC oci:DIR:latest` over plain HTTP.
+pub fn copy_to_oci(src: &str, dir: &Path, extra: &[&str]) -> Output {
+    let dest = format!("oci:{}:latest", dir.display());
+    let src = format!("docker://{src}");
+    let mut args = vec!["copy", "--src-tls-verify=false"];
+    args.extend_from_slice(extra);
+    args.push(&src);
+    args.push(&dest);
+    run(&args)
+}
+
+/// Checks every blob in an OCI layout against its file name; returns how many were checked.
+pub fn verify_oci_layout(dir: &Path) -> usize {
+    let blobs = dir.join("blobs").join("sha256");
+    let mut n = 0;
+    for e in std::fs::read_dir(&blobs).expect("oci layout has blobs") {
+        let e = e.expect("entry");
+        let data = std::fs::read(e.path()).expect("read blob");
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert_eq!(
+            sha256(&data),
+            format!("sha256:{name}"),
+            "blob {name} is corrupt"
+        );
+        n += 1;
+    }
+    n
+}
+
+/// Whether the OCI layout holds a blob with this digest.
+pub fn layout_has(dir: &Path, digest: &str) -> bool {
+    let hex = digest.trim_start_matches("sha256:");
+    dir.join("blobs").join("sha256").join(hex).exists()
+}
