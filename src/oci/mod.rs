@@ -7,8 +7,10 @@
 pub mod digest;
 pub mod manifest;
 pub mod media;
+pub mod platform;
 pub mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use manifest::{Descriptor, ManifestRefs};
+pub use platform::Platform;
 pub use reference::{NameError, Reference, RepoName, Tag};

@@ -184,22 +184,20 @@ impl ReaderState {
     }
 }
 
+/// Reads from the spool inline: the bytes were written moments ago and sit in the page cache,
+/// so the read is a memory copy, cheaper than handing it to another thread.
 async fn read_at(file: Arc<std::fs::File>, range: Range<u64>) -> std::io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut buf = BytesMut::zeroed((range.end - range.start) as usize);
-        let n = file.read_at(&mut buf, range.start)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "spool is shorter than its progress",
-            ));
-        }
-        buf.truncate(n);
-        Ok(buf.freeze())
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    use std::os::unix::fs::FileExt;
+    let mut buf = BytesMut::zeroed((range.end - range.start) as usize);
+    let n = file.read_at(&mut buf, range.start)?;
+    if n == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "spool is shorter than its progress",
+        ));
+    }
+    buf.truncate(n);
+    Ok(buf.freeze())
 }
 
 /// The set of fills in flight, keyed by digest.
@@ -279,6 +277,7 @@ impl Fills {
         };
         let store = self.store.clone();
         let task_fill = fill.clone();
+        let tx = Arc::new(tx);
         tokio::spawn(async move {
             let _guard = guard;
             let result = run(&store, &task_fill, &tx, source).await;
@@ -299,35 +298,49 @@ impl Fills {
 async fn run<F, Fut>(
     store: &Store,
     fill: &Fill,
-    tx: &watch::Sender<Progress>,
+    tx: &Arc<watch::Sender<Progress>>,
     source: F,
 ) -> Result<()>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<BlobSource>>,
 {
-    let mut sink = store.begin_blob(&fill.digest).await?;
+    // The writer thread reports spool progress; readers wake on it. It batches whatever
+    // chunks have queued up, so readers are not woken once per network read.
+    let progress = tx.clone();
+    let mut sink = store
+        .begin_blob(&fill.digest, move |written| {
+            progress.send_modify(|p| p.written = written)
+        })
+        .await?;
     let _ = fill.spool.set(sink.spool());
     let BlobSource { size, mut stream } = source().await?;
     tx.send_modify(|p| {
         p.size = size;
         p.phase = Phase::Streaming;
     });
+    let started = tokio::time::Instant::now();
+    let mut chunks = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        sink.write(chunk).await?;
-        let written = sink.written();
-        if size.is_some_and(|s| written > s) {
+        chunks += 1;
+        sink.write(chunk?).await?;
+        if size.is_some_and(|s| sink.queued() > s) {
             return Err(Error::Internal(format!(
                 "upstream sent more than the announced {} bytes for {}",
                 size.unwrap_or(0),
                 fill.digest
             )));
         }
-        tx.send_modify(|p| p.written = written);
     }
     let written = sink.commit(size).await?;
     tx.send_modify(|p| p.written = written);
+    tracing::info!(
+        digest = %fill.digest,
+        bytes = written,
+        chunks,
+        ms = started.elapsed().as_millis() as u64,
+        "blob verified and cached"
+    );
     Ok(())
 }
 

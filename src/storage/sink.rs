@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use object_store::{ObjectStoreExt, WriteMultipart};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::{layout, Store};
 use crate::error::{Error, Result};
@@ -31,9 +33,43 @@ const PARTS_IN_FLIGHT: usize = 2;
 pub struct BlobSink {
     digest: Digest,
     spool: Arc<std::fs::File>,
-    hasher: Option<Hasher>,
-    written: u64,
+    /// Chunks on their way to the writer thread.
+    chunks: Option<mpsc::Sender<Bytes>>,
+    /// Hashes and spools on the blocking pool, so reading the upstream, hashing and writing
+    /// overlap instead of taking turns on one task.
+    writer: Option<JoinHandle<std::io::Result<(Digest, u64)>>>,
+    queued: u64,
     target: Target,
+}
+
+/// Chunks queued per fill: bounds a fill's memory while the writer catches up.
+const QUEUED_CHUNKS: usize = 16;
+
+/// Writes and hashes chunks as they come, reporting how much of the spool is written.
+fn writer_loop(
+    spool: Arc<std::fs::File>,
+    mut hasher: Hasher,
+    mut rx: mpsc::Receiver<Bytes>,
+    on_progress: impl Fn(u64),
+) -> std::io::Result<(Digest, u64)> {
+    let mut written = 0u64;
+    let mut batch = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < QUEUED_CHUNKS {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        for c in batch.drain(..) {
+            hasher.update(&c);
+            (&*spool).write_all(&c)?;
+            written += c.len() as u64;
+        }
+        on_progress(written);
+    }
+    Ok((hasher.finish(), written))
 }
 
 enum Target {
@@ -46,7 +82,12 @@ enum Target {
 }
 
 impl BlobSink {
-    pub(super) async fn new(store: &Store, d: &Digest) -> Result<BlobSink> {
+    /// `on_progress` is called with the number of bytes in the spool each time it grows.
+    pub(super) async fn new(
+        store: &Store,
+        d: &Digest,
+        on_progress: impl Fn(u64) + Send + 'static,
+    ) -> Result<BlobSink> {
         let io = |what: &str, e: std::io::Error| Error::Internal(format!("{what}: {e}"));
         let name = format!("{}-{}", d.hex(), uuid::Uuid::new_v4().simple());
         let (spool, target) = match &store.local_root {
@@ -85,11 +126,18 @@ impl BlobSink {
                 )
             }
         };
+        let spool = Arc::new(spool);
+        let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+        let hasher = Hasher::new(d.algorithm());
+        let file = spool.clone();
+        let writer =
+            tokio::task::spawn_blocking(move || writer_loop(file, hasher, rx, on_progress));
         Ok(BlobSink {
             digest: d.clone(),
-            spool: Arc::new(spool),
-            hasher: Some(Hasher::new(d.algorithm())),
-            written: 0,
+            spool,
+            chunks: Some(tx),
+            writer: Some(writer),
+            queued: 0,
             target,
         })
     }
@@ -99,20 +147,26 @@ impl BlobSink {
         self.spool.clone()
     }
 
-    pub fn written(&self) -> u64 {
-        self.written
+    /// Bytes handed to [`BlobSink::write`] so far.
+    pub fn queued(&self) -> u64 {
+        self.queued
     }
 
-    /// Appends a chunk. The spool write is a plain write into the page cache; it is done inline
-    /// because handing every network-sized chunk to another thread costs more than the write.
+    /// Appends a chunk.
     pub async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        if let Some(h) = &mut self.hasher {
-            h.update(&chunk);
+        self.queued += chunk.len() as u64;
+        let tx = self
+            .chunks
+            .as_ref()
+            .ok_or_else(|| Error::Internal("blob sink already finished".into()))?;
+        if tx.send(chunk.clone()).await.is_err() {
+            // The writer stopped: its error is reported by commit.
+            return Err(self
+                .finish_writer()
+                .await
+                .err()
+                .unwrap_or_else(|| Error::Internal("spool writer stopped".into())));
         }
-        (&*self.spool)
-            .write_all(&chunk)
-            .map_err(|e| Error::Internal(format!("spool write: {e}")))?;
-        self.written += chunk.len() as u64;
         if let Target::Multipart(Some(w)) = &mut self.target {
             w.wait_for_capacity(PARTS_IN_FLIGHT).await?;
             w.put(chunk);
@@ -123,11 +177,13 @@ impl BlobSink {
     /// Verifies the content and publishes it. On a mismatch nothing becomes visible and the
     /// error names both digests.
     pub async fn commit(mut self, expected_size: Option<u64>) -> Result<u64> {
-        let actual = self
-            .hasher
-            .take()
-            .map(Hasher::finish)
-            .ok_or_else(|| Error::Internal("blob sink committed twice".into()))?;
+        let (actual, written) = match self.finish_writer().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.abort_now().await;
+                return Err(e);
+            }
+        };
         if actual != self.digest {
             self.abort_now().await;
             return Err(Error::DigestMismatch {
@@ -136,11 +192,11 @@ impl BlobSink {
             });
         }
         if let Some(size) = expected_size {
-            if size != self.written {
+            if size != written {
                 self.abort_now().await;
                 return Err(Error::Internal(format!(
-                    "upstream sent {} bytes for {}, announced {size}",
-                    self.written, self.digest
+                    "upstream sent {written} bytes for {}, announced {size}",
+                    self.digest
                 )));
             }
         }
@@ -166,7 +222,20 @@ impl BlobSink {
                 }
             }
         }
-        Ok(self.written)
+        Ok(written)
+    }
+
+    /// Closes the chunk queue and waits for the writer: the digest and length it saw.
+    async fn finish_writer(&mut self) -> Result<(Digest, u64)> {
+        self.chunks = None;
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| Error::Internal("blob sink finished twice".into()))?;
+        writer
+            .await
+            .map_err(|e| Error::Internal(format!("spool writer: {e}")))?
+            .map_err(|e| Error::Internal(format!("spool write: {e}")))
     }
 
     /// Discards everything written.
@@ -262,7 +331,7 @@ mod tests {
         for store in stores(dir.path()) {
             let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
             let d = Digest::sha256_of(&data);
-            let mut sink = store.begin_blob(&d).await.unwrap();
+            let mut sink = store.begin_blob(&d, |_| {}).await.unwrap();
             for c in data.chunks(100_000) {
                 sink.write(Bytes::copy_from_slice(c)).await.unwrap();
                 assert_eq!(store.blob_size(&d).await.unwrap(), None, "{store:?}");
@@ -290,7 +359,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for store in stores(dir.path()) {
             let d = Digest::sha256_of(b"the real content");
-            let mut sink = store.begin_blob(&d).await.unwrap();
+            let mut sink = store.begin_blob(&d, |_| {}).await.unwrap();
             sink.write(Bytes::from_static(b"evil content"))
                 .await
                 .unwrap();
@@ -299,7 +368,7 @@ mod tests {
             assert_eq!(store.blob_size(&d).await.unwrap(), None);
 
             // Right bytes, wrong announced size.
-            let mut sink = store.begin_blob(&d).await.unwrap();
+            let mut sink = store.begin_blob(&d, |_| {}).await.unwrap();
             sink.write(Bytes::from_static(b"the real content"))
                 .await
                 .unwrap();
@@ -307,7 +376,7 @@ mod tests {
             assert_eq!(store.blob_size(&d).await.unwrap(), None);
 
             // Dropped mid-way (a cut connection).
-            let mut sink = store.begin_blob(&d).await.unwrap();
+            let mut sink = store.begin_blob(&d, |_| {}).await.unwrap();
             sink.write(Bytes::from_static(b"the real")).await.unwrap();
             drop(sink);
             assert_eq!(store.blob_size(&d).await.unwrap(), None);

@@ -1,0 +1,206 @@
+//! Helper for `benches/load.sh`: pushes a fixture image to a registry and performs timed cold
+//! pulls the way a container client does (manifest by tag, config and layers with 3 in
+//! parallel, every blob sha256-verified).
+//!
+//! ```text
+//! benchtool push URL REPO TAG MIB[,MIB...]     prints the manifest digest and the layer digests
+//! benchtool pull URL REPO TAG                  prints seconds for one pull
+//! benchtool herd URL REPO TAG N                N concurrent pulls; prints seconds for all
+//! ```
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn sha(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+async fn push_blob(c: &reqwest::Client, url: &str, repo: &str, data: Vec<u8>) -> Res<String> {
+    let digest = sha(&data);
+    let r = c
+        .post(format!("{url}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await?;
+    let loc = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no upload location")?
+        .to_string();
+    let loc = if loc.starts_with('/') {
+        format!("{url}{loc}")
+    } else {
+        loc
+    };
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{loc}{sep}digest={digest}"))
+        .body(data)
+        .send()
+        .await?;
+    if r.status() != 201 {
+        return Err(format!("blob upload: {}", r.status()).into());
+    }
+    Ok(digest)
+}
+
+async fn push(url: &str, repo: &str, tag: &str, mibs: &str) -> Res<()> {
+    let c = reqwest::Client::new();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    let mut layers = Vec::new();
+    for (i, m) in mibs.split(',').enumerate() {
+        let size = (m.parse::<f64>()? * 1024.0 * 1024.0) as usize;
+        let data = bytes(seed + i as u64, size);
+        let len = data.len();
+        let d = push_blob(&c, url, repo, data).await?;
+        layers.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d, "size": len}));
+    }
+    let cfg = serde_json::to_vec(
+        &json!({"architecture": "amd64", "os": "linux", "created": seed.to_string(), "rootfs": {"type": "layers", "diff_ids": []}}),
+    )?;
+    let cfg_len = cfg.len();
+    let cfg_d = push_blob(&c, url, repo, cfg).await?;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_d, "size": cfg_len},
+        "layers": layers,
+    }))?;
+    let md = sha(&manifest);
+    let r = c
+        .put(format!("{url}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest)
+        .send()
+        .await?;
+    if r.status() != 201 {
+        return Err(format!("manifest put: {}", r.status()).into());
+    }
+    println!("{md}");
+    for l in &layers {
+        println!("{}", l["digest"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+async fn get_verified(c: &reqwest::Client, url: String, digest: &str) -> Res<usize> {
+    let r = c.get(&url).send().await?;
+    if !r.status().is_success() {
+        return Err(format!("{url}: {}", r.status()).into());
+    }
+    let body = r.bytes().await?;
+    if sha(&body) != digest {
+        return Err(format!("{url}: digest mismatch").into());
+    }
+    Ok(body.len())
+}
+
+async fn pull(c: &reqwest::Client, url: &str, repo: &str, tag: &str) -> Res<usize> {
+    let r = c
+        .get(format!("{url}/v2/{repo}/manifests/{tag}"))
+        .header(
+            "accept",
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
+        )
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        return Err(format!("manifest: {}", r.status()).into());
+    }
+    let m: Value = serde_json::from_slice(&r.bytes().await?)?;
+    let mut digests = vec![m["config"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()];
+    for l in m["layers"].as_array().into_iter().flatten() {
+        digests.push(l["digest"].as_str().unwrap_or_default().to_string());
+    }
+    // Three blobs at a time, as containerd and containers/image do by default.
+    let sem = Arc::new(tokio::sync::Semaphore::new(3));
+    let mut tasks = Vec::new();
+    for d in digests {
+        let (c, sem) = (c.clone(), sem.clone());
+        let u = format!("{url}/v2/{repo}/blobs/{d}");
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await?;
+            get_verified(&c, u, &d).await
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total)
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    match arg(1) {
+        "push" => push(arg(2), arg(3), arg(4), arg(5)).await,
+        "pull" => {
+            let c = reqwest::Client::new();
+            let t = Instant::now();
+            let n = pull(&c, arg(2), arg(3), arg(4)).await?;
+            println!("{:.4} {n}", t.elapsed().as_secs_f64());
+            Ok(())
+        }
+        "herd" => {
+            let n: usize = arg(5).parse()?;
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..n {
+                let (u, r, tag) = (arg(2).to_string(), arg(3).to_string(), arg(4).to_string());
+                tasks.push(tokio::spawn(async move {
+                    pull(&reqwest::Client::new(), &u, &r, &tag).await
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += t.await??;
+            }
+            println!("{:.4} {total}", t.elapsed().as_secs_f64());
+            Ok(())
+        }
+        "get" => {
+            use futures_util::StreamExt;
+            let c = reqwest::Client::new();
+            for _ in 0..3 {
+                let t = Instant::now();
+                let mut s = c.get(arg(2)).send().await?.bytes_stream();
+                let (mut n, mut chunks) = (0usize, 0usize);
+                while let Some(b) = s.next().await {
+                    n += b?.len();
+                    chunks += 1;
+                }
+                println!(
+                    "{:.4}s {n} bytes {chunks} chunks",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+        _ => Err("usage: benchtool push|pull|herd|get ...".into()),
+    }
+}
