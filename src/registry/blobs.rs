@@ -1,7 +1,7 @@
 //! Blobs: served from the store when cached and known to belong to the repository, otherwise
 //! streamed from a (shared) fill of the upstream's bytes.
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use std::ops::Range;
 
 use super::records::BlobLink;
@@ -94,9 +94,21 @@ impl Registry {
             }
         }
         let up = self.upstream(route).clone();
-        let (repo, digest) = (route.repo.clone(), d.clone());
+        let (repo, digest, store) = (route.repo.clone(), d.clone(), self.store.clone());
         let not_found = blob_unknown(route, d);
         let (fill, started) = self.fills.join_or_start(d, &origin, move || async move {
+            // A fill that finished between this request's cache check and now has already
+            // cached the blob: copy it from the store rather than fetch it again.
+            if let Some(size) = store.blob_size(&digest).await? {
+                if let Some(stream) = store.read_blob(&digest, None).await? {
+                    return Ok(FillSource {
+                        size: Some(size),
+                        stream: stream
+                            .map_err(|e| Error::Internal(format!("cache read: {e}")))
+                            .boxed(),
+                    });
+                }
+            }
             let src = up.get_blob(&repo, &digest).await?.ok_or(not_found)?;
             Ok(FillSource {
                 size: src.size,

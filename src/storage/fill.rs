@@ -8,7 +8,7 @@
 //! The last byte of a blob is released only after the digest verified, so a client never
 //! receives a complete response for content that failed verification.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -52,7 +52,43 @@ pub struct Fill {
     /// Who started it (`upstream/repository`); other repositories must prove access first.
     pub origin: String,
     spool: OnceLock<Arc<std::fs::File>>,
+    /// The most recently written chunks, by offset: readers keeping up with the upstream take
+    /// their bytes from here (a reference count, no copy) instead of reading the spool back.
+    recent: Mutex<VecDeque<(u64, Bytes)>>,
     progress: watch::Receiver<Progress>,
+}
+
+/// Bytes of recent chunks a fill keeps in memory for readers at the live tail.
+const RECENT_BYTES: usize = 4 * 1024 * 1024;
+
+impl Fill {
+    fn remember(&self, end: u64, batch: &[Bytes]) {
+        let Ok(mut recent) = self.recent.lock() else {
+            return;
+        };
+        let mut off = end - batch.iter().map(|b| b.len() as u64).sum::<u64>();
+        for b in batch {
+            recent.push_back((off, b.clone()));
+            off += b.len() as u64;
+        }
+        let mut total: usize = recent.iter().map(|(_, b)| b.len()).sum();
+        while total > RECENT_BYTES && recent.len() > 1 {
+            if let Some((_, b)) = recent.pop_front() {
+                total -= b.len();
+            }
+        }
+    }
+
+    /// `pos..limit` (or a prefix of it) from the recent chunks, if they still hold `pos`.
+    fn recent_slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        let recent = self.recent.lock().ok()?;
+        let (off, b) = recent
+            .iter()
+            .find(|(off, b)| *off <= pos && pos < off + b.len() as u64)?;
+        let start = (pos - off) as usize;
+        let end = ((limit - off) as usize).min(b.len());
+        Some(b.slice(start..end))
+    }
 }
 
 impl Fill {
@@ -162,6 +198,10 @@ impl ReaderState {
                 };
                 let limit = end.map_or(available, |e| e.min(available));
                 if self.pos < limit {
+                    if let Some(chunk) = self.fill.recent_slice(self.pos, limit) {
+                        self.pos += chunk.len() as u64;
+                        return Ok(Some(chunk));
+                    }
                     let spool = self
                         .fill
                         .spool
@@ -267,6 +307,7 @@ impl Fills {
             digest: d.clone(),
             origin: origin.to_string(),
             spool: OnceLock::new(),
+            recent: Mutex::new(VecDeque::new()),
             progress: rx,
         });
         map.insert(d.clone(), fill.clone());
@@ -297,7 +338,7 @@ impl Fills {
 
 async fn run<F, Fut>(
     store: &Store,
-    fill: &Fill,
+    fill: &Arc<Fill>,
     tx: &Arc<watch::Sender<Progress>>,
     source: F,
 ) -> Result<()>
@@ -307,9 +348,10 @@ where
 {
     // The writer thread reports spool progress; readers wake on it. It batches whatever
     // chunks have queued up, so readers are not woken once per network read.
-    let progress = tx.clone();
+    let (progress, filling) = (tx.clone(), fill.clone());
     let mut sink = store
-        .begin_blob(&fill.digest, move |written| {
+        .begin_blob(&fill.digest, move |written, batch| {
+            filling.remember(written, batch);
             progress.send_modify(|p| p.written = written)
         })
         .await?;

@@ -178,7 +178,7 @@ impl Store {
     pub async fn begin_blob(
         &self,
         d: &Digest,
-        on_progress: impl Fn(u64) + Send + 'static,
+        on_progress: impl Fn(u64, &[Bytes]) + Send + 'static,
     ) -> Result<BlobSink> {
         BlobSink::new(self, d, on_progress).await
     }

@@ -50,7 +50,7 @@ fn writer_loop(
     spool: Arc<std::fs::File>,
     mut hasher: Hasher,
     mut rx: mpsc::Receiver<Bytes>,
-    on_progress: impl Fn(u64),
+    on_progress: impl Fn(u64, &[Bytes]),
 ) -> std::io::Result<(Digest, u64)> {
     let mut written = 0u64;
     let mut batch = Vec::new();
@@ -62,12 +62,13 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        for c in batch.drain(..) {
-            hasher.update(&c);
-            (&*spool).write_all(&c)?;
+        for c in &batch {
+            hasher.update(c);
+            (&*spool).write_all(c)?;
             written += c.len() as u64;
         }
-        on_progress(written);
+        on_progress(written, &batch);
+        batch.clear();
     }
     Ok((hasher.finish(), written))
 }
@@ -82,11 +83,12 @@ enum Target {
 }
 
 impl BlobSink {
-    /// `on_progress` is called with the number of bytes in the spool each time it grows.
+    /// `on_progress` is called each time the spool grows, with its length and the chunks
+    /// just written (which end at that length).
     pub(super) async fn new(
         store: &Store,
         d: &Digest,
-        on_progress: impl Fn(u64) + Send + 'static,
+        on_progress: impl Fn(u64, &[Bytes]) + Send + 'static,
     ) -> Result<BlobSink> {
         let io = |what: &str, e: std::io::Error| Error::Internal(format!("{what}: {e}"));
         let name = format!("{}-{}", d.hex(), uuid::Uuid::new_v4().simple());
@@ -331,7 +333,7 @@ mod tests {
         for store in stores(dir.path()) {
             let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
             let d = Digest::sha256_of(&data);
-            let mut sink = store.begin_blob(&d, |_| {}).await.unwrap();
+            let mut sink = store.begin_blob(&d, |_, _| {}).await.unwrap();
             for c in data.chunks(100_000) {
                 sink.write(Bytes::copy_from_slice(c)).await.unwrap();
                 assert_eq!(store.blob_size(&d).await.unwrap(), None, "{store:?}");
@@ -359,7 +361,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for store in stores(dir.path()) {
             let d = Digest::sha256_of(b"the real content");
-            let mut sink = store.begin_blob(&d, |_| {}).await.unwrap();
+            let mut sink = store.begin_blob(&d, |_, _| {}).await.unwrap();
             sink.write(Bytes::from_static(b"evil content"))
                 .await
                 .unwrap();
@@ -368,7 +370,7 @@ mod tests {
             assert_eq!(store.blob_size(&d).await.unwrap(), None);
 
             // Right bytes, wrong announced size.
-            let mut sink = store.begin_blob(&d, |_| {}).await.unwrap();
+            let mut sink = store.begin_blob(&d, |_, _| {}).await.unwrap();
             sink.write(Bytes::from_static(b"the real content"))
                 .await
                 .unwrap();
@@ -376,7 +378,7 @@ mod tests {
             assert_eq!(store.blob_size(&d).await.unwrap(), None);
 
             // Dropped mid-way (a cut connection).
-            let mut sink = store.begin_blob(&d, |_| {}).await.unwrap();
+            let mut sink = store.begin_blob(&d, |_, _| {}).await.unwrap();
             sink.write(Bytes::from_static(b"the real")).await.unwrap();
             drop(sink);
             assert_eq!(store.blob_size(&d).await.unwrap(), None);

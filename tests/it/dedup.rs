@@ -43,8 +43,13 @@ async fn sixteen_concurrent_cold_pulls_fetch_each_blob_once() {
         assert_eq!(
             up.blob_gets("herd/app", &b.digest),
             1,
-            "blob {} fetched more than once upstream",
-            b.digest
+            "blob {} fetched more than once upstream; archway log:\n{}",
+            b.digest,
+            aw.log_text()
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("blob"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     assert_eq!(up.count("GET", "/v2/herd/app/manifests/v1"), 1);
