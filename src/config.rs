@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use crate::oci::RepoName;
+use crate::oci::{Platform, RepoName, Tag};
 
 /// The configuration compiled into the binary; also shipped as `config/archway.toml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../config/archway.toml");
@@ -67,6 +67,33 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    multiarch: RawMultiarch,
+    #[serde(default)]
+    fallback: Vec<RawFallback>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMultiarch {
+    default_platform: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    repository: Option<String>,
+    /// Platform → reference template, in the order written (toml's `preserve_order`).
+    #[serde(default)]
+    platforms: toml::Table,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +145,51 @@ pub struct Config {
     pub storage: StorageConfig,
     pub cache: CacheConfig,
     pub upstreams: Vec<UpstreamConfig>,
+    /// The admin listener (`/metrics`, `/healthz`, `/inspect`), when configured.
+    pub admin: Option<SocketAddr>,
+    pub multiarch: MultiarchConfig,
+    pub fallbacks: Vec<FallbackConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MultiarchConfig {
+    /// The platform served to clients that cannot read an index and do not say theirs.
+    pub default_platform: Platform,
+}
+
+/// Per-architecture images that fill platforms an upstream index lacks.
+#[derive(Debug, Clone)]
+pub struct FallbackConfig {
+    /// As written: `docker.io/library/*`.
+    pub repository: String,
+    /// The registry host or upstream name it starts with.
+    pub registry: String,
+    /// The repository path after it (`library` for `library/*`, `thinklab/app`).
+    pub path: String,
+    /// Whether `path` ends in `/*` (then every repository below `path` matches).
+    pub wildcard: bool,
+    /// In config order: the platform and its reference template.
+    pub platforms: Vec<(Platform, String)>,
+}
+
+/// The placeholders a fallback template may use.
+pub const TEMPLATE_PLACEHOLDERS: [&str; 3] = ["{repo}", "{name}", "{tag}"];
+
+/// Expands a fallback template for a requested repository path and tag.
+pub fn expand_template(template: &str, repo: &str, tag: &str) -> String {
+    let name = repo.rsplit('/').next().unwrap_or(repo);
+    template
+        .replace("{repo}", repo)
+        .replace("{name}", name)
+        .replace("{tag}", tag)
+}
+
+/// Splits `host/path:tag` into its parts (the tag after the last `/`).
+pub fn split_reference(r: &str) -> Option<(&str, &str, &str)> {
+    let (host, rest) = r.split_once('/')?;
+    let slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let colon = rest[slash..].find(':').map(|i| slash + i)?;
+    Some((host, &rest[..colon], &rest[colon + 1..]))
 }
 
 #[derive(Debug, Clone)]
@@ -499,6 +571,117 @@ impl Config {
                 });
             }
         }
+        let admin = raw.admin.and_then(|a| {
+            let s = a.listen?;
+            match s.parse() {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    errs.push("admin.listen", format!("bad address {s:?}: {e}"));
+                    None
+                }
+            }
+        });
+        let default_platform = match raw.multiarch.default_platform.as_deref() {
+            None => Platform::new("linux", "amd64", ""),
+            Some(s) => s.parse().unwrap_or_else(|e| {
+                errs.push("multiarch.default_platform", format!("{e}"));
+                Platform::new("linux", "amd64", "")
+            }),
+        };
+        let registries: Vec<&String> = upstreams
+            .iter()
+            .flat_map(|u| std::iter::once(&u.name).chain(&u.hosts))
+            .collect();
+        let mut fallbacks = Vec::new();
+        for (i, f) in raw.fallback.into_iter().enumerate() {
+            let k = |f: &str| format!("fallback[{i}].{f}");
+            let Some(repository) = f.repository else {
+                errs.push(k("repository"), "missing");
+                continue;
+            };
+            let (registry, path, wildcard) = match repository.split_once('/') {
+                Some((reg, path)) => match path.strip_suffix("/*") {
+                    Some(p) => (reg.to_string(), p.to_string(), true),
+                    None => (reg.to_string(), path.to_string(), false),
+                },
+                None => (repository.clone(), String::new(), false),
+            };
+            if !registries.iter().any(|r| **r == registry) || path.parse::<RepoName>().is_err() {
+                errs.push(
+                    k("repository"),
+                    format!(
+                        "{repository:?} must be a configured registry host or upstream name, then a repository (a trailing /* matches every repository below it)"
+                    ),
+                );
+                continue;
+            }
+            let mut platforms = Vec::new();
+            for (pk, v) in f.platforms {
+                let key = format!("fallback[{i}].platforms.\"{pk}\"");
+                let platform = match pk.parse::<Platform>() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errs.push(&key, format!("{e}"));
+                        continue;
+                    }
+                };
+                let Some(template) = v.as_str().map(str::to_string) else {
+                    errs.push(&key, "must be a reference template string");
+                    continue;
+                };
+                let mut rest = template.clone();
+                for ph in TEMPLATE_PLACEHOLDERS {
+                    rest = rest.replace(ph, "");
+                }
+                if rest.contains('{') || rest.contains('}') {
+                    errs.push(
+                        &key,
+                        format!(
+                            "{template:?}: unknown placeholder (use {{repo}}, {{name}}, {{tag}})"
+                        ),
+                    );
+                    continue;
+                }
+                let sample = expand_template(&template, "library/alpine", "latest");
+                match split_reference(&sample) {
+                    Some((host, path, tag))
+                        if path.parse::<RepoName>().is_ok() && tag.parse::<Tag>().is_ok() =>
+                    {
+                        if !registries.iter().any(|r| *r == host) {
+                            errs.push(
+                                &key,
+                                format!(
+                                    "{template:?} names {host:?}, which is no configured upstream"
+                                ),
+                            );
+                            continue;
+                        }
+                    }
+                    _ => {
+                        errs.push(
+                            &key,
+                            format!("{template:?} is not of the form registry/repository:tag"),
+                        );
+                        continue;
+                    }
+                }
+                if platforms
+                    .iter()
+                    .any(|(p, _): &(Platform, String)| *p == platform)
+                {
+                    errs.push(&key, format!("platform {platform} is listed twice"));
+                    continue;
+                }
+                platforms.push((platform, template));
+            }
+            fallbacks.push(FallbackConfig {
+                repository,
+                registry,
+                path,
+                wildcard,
+                platforms,
+            });
+        }
         if defaults.len() > 1 {
             errs.push(
                 "upstream.default",
@@ -521,6 +704,9 @@ impl Config {
                 memory,
             },
             upstreams,
+            admin,
+            multiarch: MultiarchConfig { default_platform },
+            fallbacks,
         })
     }
 }
@@ -643,6 +829,99 @@ username = "u"
         assert_eq!(c.storage.url, StorageUrl::File("/var/x".into()));
         let e = errors(&format!("[storage]\nurl = \"s3://bucket\"\n{UP}"));
         assert_eq!(e[0].key, "storage.url");
+    }
+
+    #[test]
+    fn fallbacks() {
+        let base = "[[upstream]]\nname = \"hub\"\nurl = \"https://r.example\"\nhosts = [\"docker.io\"]\ndefault = true\n[[upstream]]\nname = \"quay\"\nurl = \"https://quay.example\"\nhosts = [\"quay.io\"]\n";
+        let c = Config::from_toml(
+            &format!(
+                r#"{base}
+[multiarch]
+default_platform = "linux/arm64"
+[[fallback]]
+repository = "docker.io/thinklab/go-hello-world"
+[fallback.platforms]
+"linux/s390x" = "docker.io/thinklab/go-hello-world:s390x-{{tag}}"
+"linux/ppc64le" = "quay.io/other/go-hello-world:{{tag}}-ppc64le"
+"linux/armhf" = "quay/x/{{name}}:{{tag}}"
+[[fallback]]
+repository = "docker.io/library/*"
+[fallback.platforms]
+"linux/arm/v7" = "docker.io/arm32v7/{{name}}:{{tag}}"
+"#
+            ),
+            "t",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.multiarch.default_platform.to_string(), "linux/arm64");
+        assert_eq!(c.fallbacks.len(), 2);
+        let order: Vec<String> = c.fallbacks[0]
+            .platforms
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(
+            order,
+            ["linux/s390x", "linux/ppc64le", "linux/arm/v7"],
+            "config order kept"
+        );
+        assert!(c.fallbacks[1].wildcard);
+        assert_eq!(c.fallbacks[1].path, "library");
+
+        let e = errors(&format!(
+            r#"{base}
+[multiarch]
+default_platform = "amd64"
+[[fallback]]
+repository = "ghcr.io/x/y"
+[[fallback]]
+repository = "docker.io/x/y"
+[fallback.platforms]
+"linux" = "docker.io/x/y:{{tag}}"
+"linux/s390x" = "ghcr.io/x/y:{{tag}}"
+"linux/arm64" = "docker.io/x/y:{{arch}}"
+"linux/ppc64le" = "docker.io/x/y"
+"#
+        ));
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        for k in [
+            "multiarch.default_platform",
+            "fallback[0].repository",
+            "fallback[1].platforms.\"linux\"",
+            "fallback[1].platforms.\"linux/s390x\"",
+            "fallback[1].platforms.\"linux/arm64\"",
+            "fallback[1].platforms.\"linux/ppc64le\"",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {e:?}");
+        }
+        let ghcr = e
+            .iter()
+            .find(|e| e.key.ends_with("\"linux/s390x\""))
+            .unwrap();
+        assert!(
+            ghcr.reason.contains("no configured upstream"),
+            "{}",
+            ghcr.reason
+        );
+    }
+
+    #[test]
+    fn templates() {
+        assert_eq!(
+            expand_template("docker.io/arm32v7/{name}:{tag}", "library/alpine", "3.20"),
+            "docker.io/arm32v7/alpine:3.20"
+        );
+        assert_eq!(
+            expand_template("quay.io/{repo}:{tag}-ppc64le", "org/app", "v1"),
+            "quay.io/org/app:v1-ppc64le"
+        );
+        assert_eq!(
+            split_reference("docker.io/a/b:c"),
+            Some(("docker.io", "a/b", "c"))
+        );
+        assert_eq!(split_reference("docker.io/a/b"), None);
     }
 
     #[test]

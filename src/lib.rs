@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod multiarch;
 pub mod oci;
 pub mod range;
 pub mod registry;
@@ -44,6 +45,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("server.listen: cannot listen on {listen}: {e}"))?;
+    if let Some(admin) = registry.config.admin {
+        let l = TcpListener::bind(admin)
+            .await
+            .map_err(|e| format!("admin.listen: cannot listen on {admin}: {e}"))?;
+        tokio::spawn(http::admin::serve(l, registry.clone()));
+    }
     tracing::info!(
         listen = %listener.local_addr().map_err(|e| e.to_string())?,
         storage = %registry.config.storage.url,

@@ -38,6 +38,53 @@ enum Command {
         /// Config file to check.
         config: PathBuf,
     },
+    /// Show how a tag resolves platform by platform, and the index digest archway serves.
+    Inspect {
+        /// Config file. Default: as for `serve`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// REGISTRY/REPOSITORY:TAG, e.g. docker.io/thinklab/go-hello-world:latest
+        reference: String,
+    },
+}
+
+fn inspect(config: Config, reference: &str, json: bool) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let r = rt.block_on(async {
+        let registry = archway::build(config)?;
+        registry.inspect(reference).await.map_err(|e| e.to_string())
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    println!("{reference}");
+    println!(
+        "serves {} ({}{})",
+        r.digest,
+        r.media_type,
+        if r.synthesized { ", synthesized" } else { "" }
+    );
+    println!("{:<16} {:<73} {:<48} CHECK", "PLATFORM", "DIGEST", "SOURCE");
+    for row in &r.platforms {
+        println!(
+            "{:<16} {:<73} {:<48} {}",
+            row.platform,
+            row.digest.as_deref().unwrap_or("-"),
+            row.source,
+            row.check
+        );
+    }
+    Ok(())
 }
 
 const DEFAULT_CONFIG_PATH: &str = "config/archway.toml";
@@ -97,6 +144,13 @@ fn main() -> ExitCode {
                     c.cache.serve_stale
                 );
                 print!("{}", Router::new(&c.upstreams).describe(&c.upstreams));
+                println!("default platform {}", c.multiarch.default_platform);
+                for f in &c.fallbacks {
+                    println!("fallback {}", f.repository);
+                    for (p, t) in &f.platforms {
+                        println!("  {:<14} {t}", p.to_string());
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -104,6 +158,21 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Inspect {
+            config,
+            json,
+            reference,
+        } => {
+            init_logging(cli.log_format);
+            let result = load(config.as_deref()).and_then(|c| inspect(c, &reference, json));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             init_logging(cli.log_format);
             let config = match load(config.as_deref()) {

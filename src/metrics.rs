@@ -20,6 +20,8 @@ pub struct Metrics {
     pub fill_waiters: IntCounter,
     pub fill_failures: IntCounterVec,
     pub stale_serves: IntCounter,
+    pub synthesized: IntCounter,
+    pub fallbacks_refused: IntCounter,
 }
 
 impl Metrics {
@@ -98,7 +100,22 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric: {e}"));
         let _ = registry.register(Box::new(stale_serves.clone()));
+        let simple = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        let synthesized = simple(
+            "synthesized_indexes_total",
+            "Indexes synthesized from an upstream index plus fallback images.",
+        );
+        let fallbacks_refused = simple(
+            "fallbacks_refused_total",
+            "Fallback images left out: missing upstream, or config architecture mismatch.",
+        );
         Metrics {
+            synthesized,
+            fallbacks_refused,
             registry,
             requests,
             request_duration,

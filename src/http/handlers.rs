@@ -6,7 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::header::{
-    HeaderValue, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK, RANGE,
+    HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK,
+    RANGE, USER_AGENT,
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -15,6 +16,7 @@ use hyper::body::Frame;
 use super::endpoint::{self, Endpoint};
 use super::Body;
 use crate::error::Error;
+use crate::oci::media::Accept;
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::range;
 use crate::registry::Registry;
@@ -105,7 +107,7 @@ async fn dispatch<B>(registry: &Arc<Registry>, req: &Request<B>) -> Result<Respo
             read_only("manifests")?;
             let route = route(registry, req, name)?;
             let reference = parse_reference(reference)?;
-            manifest(registry, &route, &reference, method == Method::HEAD).await
+            manifest(registry, req, &route, &reference).await
         }
         Endpoint::Blob { name, digest } => {
             read_only("blobs")?;
@@ -156,13 +158,23 @@ fn header(s: &str) -> Result<HeaderValue, Error> {
     HeaderValue::from_str(s).map_err(|_| Error::Internal(format!("unsendable header value {s:?}")))
 }
 
-async fn manifest(
+async fn manifest<B>(
     registry: &Registry,
+    req: &Request<B>,
     route: &Route,
     reference: &Reference,
-    head: bool,
 ) -> Result<Response<Body>, Error> {
-    let m = registry.manifest(route, reference).await?;
+    let head = req.method() == Method::HEAD;
+    let accept = Accept::parse(
+        req.headers()
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let ua = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok());
+    let m = registry
+        .manifest_for_client(route, reference, &accept, ua)
+        .await?;
     let digest = m.digest.to_string();
     let mut r = Response::new(if head { empty() } else { full(m.bytes.clone()) });
     let h = r.headers_mut();

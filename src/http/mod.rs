@@ -1,6 +1,7 @@
 //! The HTTP front: the accept loop, one task per connection (HTTP/1.1 and h2c), graceful
 //! shutdown, and the per-request log line and metrics around the handlers.
 
+pub mod admin;
 pub mod endpoint;
 pub mod handlers;
 

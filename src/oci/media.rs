@@ -62,6 +62,12 @@ impl Accept {
         self.wildcard || self.types.iter().any(|t| is_index(t))
     }
 
+    /// Whether the client named an index type explicitly. A bare `*/*` does not count: such a
+    /// client gets a platform manifest for a tag, as from Docker Hub.
+    pub fn names_index(&self) -> bool {
+        self.types.iter().any(|t| is_index(t))
+    }
+
     /// Whether the client named any type at all.
     pub fn is_empty(&self) -> bool {
         self.types.is_empty() && !self.wildcard

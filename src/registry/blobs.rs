@@ -3,6 +3,7 @@
 
 use futures_util::{StreamExt, TryStreamExt};
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::records::BlobLink;
 use super::{LinkKey, Registry};
@@ -43,7 +44,8 @@ impl Registry {
     /// The size of a blob, as a HEAD request answers it. Never starts a fill.
     pub async fn blob_head(&self, route: &Route, d: &Digest) -> Result<u64> {
         let key = link_key(route, d);
-        let linked = self.blob_linked(&key).await?;
+        let link = self.blob_link(&key).await?;
+        let linked = link.is_some();
         if let Some(size) = self.cached_blob_size(d).await? {
             if !linked {
                 self.check_upstream_has(route, d).await?;
@@ -65,7 +67,8 @@ impl Registry {
         range: Option<RangeSpec>,
     ) -> Result<BlobBody> {
         let key = link_key(route, d);
-        let linked = self.blob_linked(&key).await?;
+        let link = self.blob_link(&key).await?;
+        let linked = link.is_some();
         if let Some(size) = self.cached_blob_size(d).await? {
             if !linked {
                 self.check_upstream_has(route, d).await?;
@@ -93,8 +96,10 @@ impl Registry {
                 self.check_upstream_has(route, d).await?;
             }
         }
-        let up = self.upstream(route).clone();
-        let (repo, digest, store) = (route.repo.clone(), d.clone(), self.store.clone());
+        // A blob reached through a synthesized index comes from the fallback's repository.
+        let from = link.clone().unwrap_or_else(|| Arc::new(route.clone()));
+        let up = self.upstream(&from).clone();
+        let (repo, digest, store) = (from.repo.clone(), d.clone(), self.store.clone());
         let not_found = blob_unknown(route, d);
         let (fill, started) = self.fills.join_or_start(d, &origin, move || async move {
             // A fill that finished between this request's cache check and now has already
@@ -117,6 +122,7 @@ impl Registry {
         });
         if started {
             self.metrics.fills_in_flight.inc();
+            let own = (!linked).then(|| Arc::new(route.clone()));
             let (fill, metrics) = (fill.clone(), self.metrics.clone());
             let (store, links, sizes) = (
                 self.store.clone(),
@@ -128,9 +134,14 @@ impl Registry {
                 match fill.finished().await {
                     Ok(size) => {
                         sizes.insert(fill.digest.clone(), size).await;
-                        match store.put_record(&link_path, &BlobLink { size }).await {
-                            Ok(()) => links.insert(key, ()).await,
-                            Err(e) => tracing::warn!(error = %e, "cannot record blob link"),
+                        // Fetched for this repository: it belongs to it from now on. (An
+                        // existing link, possibly naming a fallback source, is kept.)
+                        if let Some(own) = own {
+                            let link = BlobLink { size, source: None };
+                            match store.put_record(&link_path, &link).await {
+                                Ok(()) => links.insert(key, own).await,
+                                Err(e) => tracing::warn!(error = %e, "cannot record blob link"),
+                            }
                         }
                     }
                     Err(e) => {
@@ -175,16 +186,25 @@ impl Registry {
         body
     }
 
-    async fn blob_linked(&self, key: &LinkKey) -> Result<bool> {
-        if self.blob_links.contains_key(key) {
-            return Ok(true);
+    /// The route a linked blob is fetched from, or `None` when the blob is not linked.
+    async fn blob_link(&self, key: &LinkKey) -> Result<Option<Arc<Route>>> {
+        if let Some(r) = self.blob_links.get(key).await {
+            return Ok(Some(r));
         }
         let path = layout::blob_link(&self.upstreams[key.0].name, &key.1, &key.2);
-        if self.store.get_record::<BlobLink>(&path).await?.is_some() {
-            self.blob_links.insert(key.clone(), ()).await;
-            return Ok(true);
-        }
-        Ok(false)
+        let Some(link) = self.store.get_record::<BlobLink>(&path).await? else {
+            return Ok(None);
+        };
+        let from = link
+            .source
+            .and_then(|s| self.source_route(&s))
+            .unwrap_or(Route {
+                upstream: key.0,
+                repo: key.1.clone(),
+            });
+        let from = Arc::new(from);
+        self.blob_links.insert(key.clone(), from.clone()).await;
+        Ok(Some(from))
     }
 
     async fn cached_blob_size(&self, d: &Digest) -> Result<Option<u64>> {
@@ -206,13 +226,13 @@ impl Registry {
             .head_blob(&route.repo, d)
             .await?
             .ok_or_else(|| blob_unknown(route, d))?;
+        let link = BlobLink { size, source: None };
         self.store
-            .put_record(
-                &layout::blob_link(&up.name, &route.repo, d),
-                &BlobLink { size },
-            )
+            .put_record(&layout::blob_link(&up.name, &route.repo, d), &link)
             .await?;
-        self.blob_links.insert(link_key(route, d), ()).await;
+        self.blob_links
+            .insert(link_key(route, d), Arc::new(route.clone()))
+            .await;
         Ok(())
     }
 }

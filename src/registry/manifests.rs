@@ -236,13 +236,17 @@ impl Registry {
         let link = ManifestLink {
             media_type: refs.media_type.clone(),
             size: fetched.bytes.len() as u64,
+            source: None,
         };
         let store = &self.store;
         let blob_links = refs.blobs.iter().map(|(b, size)| async move {
             store
                 .put_record(
                     &layout::blob_link(&up.name, &route.repo, b),
-                    &BlobLink { size: *size },
+                    &BlobLink {
+                        size: *size,
+                        source: None,
+                    },
                 )
                 .await
         });
@@ -253,9 +257,10 @@ impl Registry {
                 &link,
             )
             .await?;
+        let own = Arc::new(route.clone());
         for (b, _) in &refs.blobs {
             self.blob_links
-                .insert((route.upstream, route.repo.clone(), b.clone()), ())
+                .insert((route.upstream, route.repo.clone(), b.clone()), own.clone())
                 .await;
         }
         let m = Arc::new(Manifest {

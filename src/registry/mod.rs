@@ -6,6 +6,7 @@
 
 mod blobs;
 mod manifests;
+mod multiarch;
 mod records;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::multiarch::Fallbacks;
 use crate::oci::{Digest, RepoName, Tag};
 use crate::routing::{Route, Router};
 use crate::singleflight;
@@ -21,9 +23,11 @@ use crate::upstream::{TagPage, Upstream};
 
 pub use blobs::{BlobBody, BlobSource};
 pub use manifests::Manifest;
+pub use multiarch::{PlatformRow, Resolution, Synthesis};
 use records::TagState;
 
 type LinkKey = (usize, RepoName, Digest);
+type TagKey = (usize, RepoName, Tag);
 
 /// Everything a running mirror serves from, built once from a [`Config`].
 pub struct Registry {
@@ -39,13 +43,18 @@ pub struct Registry {
     tags: moka::future::Cache<(usize, RepoName, Tag), Arc<TagState>>,
     /// Manifests known to belong to a repository, with their media type.
     manifest_links: moka::future::Cache<LinkKey, Arc<str>>,
-    /// Blobs known to belong to a repository.
-    blob_links: moka::future::Cache<LinkKey, ()>,
+    /// Blobs known to belong to a repository, with the route to fetch them from (the
+    /// repository itself, or a fallback's for what a synthesized index reaches).
+    blob_links: moka::future::Cache<LinkKey, Arc<Route>>,
     /// Sizes of blobs present in the store. Blobs are immutable, so this never goes stale
     /// except by eviction, which readers detect and repair.
     blob_sizes: moka::future::Cache<Digest, u64>,
-    tag_flights: singleflight::Group<(usize, RepoName, Tag), Result<Arc<Manifest>>>,
+    tag_flights: singleflight::Group<TagKey, Result<Arc<Manifest>>>,
     digest_flights: singleflight::Group<LinkKey, Result<Arc<Manifest>>>,
+    pub fallbacks: Fallbacks,
+    /// Resolved tags of repositories with fallback rules, trusted for the tag TTL.
+    synth: moka::future::Cache<TagKey, Arc<Synthesis>>,
+    synth_flights: singleflight::Group<TagKey, Result<Arc<Synthesis>>>,
 }
 
 impl Registry {
@@ -62,7 +71,15 @@ impl Registry {
             })
             .max_capacity(config.cache.memory)
             .build();
+        let fallbacks = Fallbacks::new(&config, &router);
+        let mut synth = moka::future::Cache::builder().max_capacity(100_000);
+        if !config.cache.tag_ttl.is_zero() {
+            synth = synth.time_to_live(config.cache.tag_ttl);
+        }
         Ok(Registry {
+            fallbacks,
+            synth: synth.build(),
+            synth_flights: Default::default(),
             router,
             upstreams,
             fills: Fills::new(store.clone()),
@@ -90,6 +107,14 @@ impl Registry {
 
     fn upstream_name(&self, route: &Route) -> &str {
         &self.upstreams[route.upstream].name
+    }
+
+    /// The route a link's recorded source names, if its upstream is still configured.
+    fn source_route(&self, s: &records::Source) -> Option<Route> {
+        Some(Route {
+            upstream: self.upstreams.iter().position(|u| u.name == s.upstream)?,
+            repo: s.repository.parse().ok()?,
+        })
     }
 
     /// One page of the upstream's tag list. `n` and `last` are the only parameters passed on;

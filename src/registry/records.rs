@@ -17,18 +17,30 @@ pub struct TagRecord {
     pub checked_at: u64,
 }
 
+/// Where linked content is fetched from when it is not the repository itself: a fallback
+/// image's repository, for what a synthesized index reaches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Source {
+    pub upstream: String,
+    pub repository: String,
+}
+
 /// A manifest that belongs to a repository.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ManifestLink {
     pub media_type: String,
     pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
 }
 
 /// A blob that belongs to a repository.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BlobLink {
     pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
 }
 
 /// A tag record as held in memory.

@@ -102,6 +102,14 @@ impl Store {
         &self.os
     }
 
+    /// Whether the object store answers now (a missing key is an answer).
+    pub async fn probe(&self) -> Result<()> {
+        match self.os.head(&Path::from("readyz-probe")).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The size of a cached blob, or `None` when it is not cached.
     pub async fn blob_size(&self, d: &Digest) -> Result<Option<u64>> {
         match self.os.head(&layout::blob(d)).await {

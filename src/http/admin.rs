@@ -1,0 +1,77 @@
+//! The admin listener, apart from the registry port: `/healthz`, `/readyz`, `/metrics` and
+//! `/inspect?ref=REGISTRY/REPOSITORY:TAG` (how a tag resolves, platform by platform, as JSON).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use super::handlers::{error_response, full};
+use super::Body;
+use crate::registry::Registry;
+
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(handle(&registry, &req).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+async fn handle<B>(registry: &Registry, req: &Request<B>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" => match registry.store.probe().await {
+            Ok(()) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("object store not answering: {e}\n"),
+                "text/plain",
+            ),
+        },
+        "/metrics" => text(
+            StatusCode::OK,
+            registry.metrics.render(),
+            "text/plain; version=0.0.4",
+        ),
+        "/inspect" => {
+            let reference = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .find(|(k, _)| k == "ref")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            match registry.inspect(&reference).await {
+                Ok(r) => text(
+                    StatusCode::OK,
+                    serde_json::to_string_pretty(&r).unwrap_or_default(),
+                    "application/json",
+                ),
+                Err(e) => error_response(&e, false),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+    }
+}
