@@ -133,7 +133,28 @@ impl Registry {
                 r
             }
         };
-        Ok(self.resolve(&route, &tag).await?.report.clone())
+        let mut report = self.resolve(&route, &tag).await?.report.clone();
+        // Serving passes the upstream's own entries through untouched; the report still
+        // checks their configs, so an admin sees a mislabelled upstream image too.
+        for row in report
+            .platforms
+            .iter_mut()
+            .filter(|r| r.source == "upstream index")
+        {
+            let Some(d) = row.digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) else {
+                continue;
+            };
+            let want: Platform = row.platform.parse().unwrap_or_default();
+            row.check = match self.manifest(&route, &Reference::Digest(d)).await {
+                Ok(m) => match self.image_platform(&route, &m).await {
+                    Ok(p) if want.matches(&p) => format!("ok (config {})", p.normalized()),
+                    Ok(p) => format!("MISMATCH: its image config says {}", p.normalized()),
+                    Err(e) => format!("unchecked: {e}"),
+                },
+                Err(e) => format!("unchecked: {e}"),
+            };
+        }
+        Ok(report)
     }
 
     /// What a tag serves: the upstream's manifest, or the synthesized index when a fallback

@@ -7,6 +7,7 @@ mod cli;
 mod dedup;
 mod errors;
 mod faults;
+mod multiarch;
 mod pull;
 mod routing;
 mod tags;
