@@ -32,7 +32,7 @@ pub use sink::BlobSink;
 
 /// Size of each read when streaming a cached blob from local disk: large enough that syscalls
 /// and task hand-offs vanish against the copy, small enough to keep memory per client flat.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 128 * 1024;
 
 /// A stream of blob bytes.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
@@ -219,7 +219,7 @@ impl Store {
 /// response. `read_to_end` into a fresh buffer fills it without zeroing it first, which at
 /// disk-cache speeds is a measurable share of the copy.
 pub(crate) fn file_stream(mut file: std::fs::File, range: Range<u64>) -> ByteStream {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
         if let Err(e) = file.seek(SeekFrom::Start(range.start)) {
