@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Installs what the test suite talks to, when missing: a real upstream registry
-# (docker-registry = distribution 2.8) and a real client (skopeo). Debian, as root.
+# Installs what the test suite talks to, when missing (Debian, as root):
+# - a real upstream registry: docker-registry (distribution 2.8)
+# - a real client: skopeo
+# - a real S3-speaking server: moto_server (PyPI moto[server]) in a venv under
+#   ${ARCHWAY_TEST_TOOLS:-/opt/archway-test-tools}; tests find it there or on PATH.
 set -euo pipefail
 need=()
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+tools=${ARCHWAY_TEST_TOOLS:-/opt/archway-test-tools}
+if [ ! -x "$tools/venv/bin/moto_server" ]; then
+  echo "installing moto[server] into $tools/venv"
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install -q 'moto[server]==5.*'
 fi

@@ -107,6 +107,18 @@ struct RawServer {
 struct RawStorage {
     url: Option<String>,
     spool_dir: Option<String>,
+    s3: Option<RawS3>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    endpoint: Option<String>,
+    region: Option<String>,
+    allow_http: Option<bool>,
+    virtual_hosted_style: Option<bool>,
+    access_key_id: Option<String>,
+    secret_access_key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +215,37 @@ pub enum StorageUrl {
     File(PathBuf),
     /// In-process memory; nothing survives a restart.
     Memory,
+    /// An S3 bucket, optionally under a key prefix.
+    S3 { bucket: String, prefix: String },
+}
+
+/// S3 settings beyond what `AmazonS3Builder::from_env` reads from the environment
+/// (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, ...); a value
+/// set here wins over the environment.
+#[derive(Clone, Default)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: Option<bool>,
+    pub virtual_hosted_style: Option<bool>,
+    pub access_key_id: Option<String>,
+    /// Read from `secret_access_key_file`; never printed.
+    pub secret_access_key: Option<String>,
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("allow_http", &self.allow_http)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Display for StorageUrl {
@@ -210,6 +253,7 @@ impl fmt::Display for StorageUrl {
         match self {
             StorageUrl::File(p) => write!(f, "file://{}", p.display()),
             StorageUrl::Memory => f.write_str("memory://"),
+            StorageUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
 }
@@ -217,6 +261,7 @@ impl fmt::Display for StorageUrl {
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
     pub url: StorageUrl,
+    pub s3: S3Config,
     /// Where in-flight blob fills are spooled for concurrent readers.
     pub spool_dir: PathBuf,
 }
@@ -322,11 +367,30 @@ fn storage_url(errs: &mut Errors, s: &str) -> StorageUrl {
     if s == "memory://" || s == "memory:///" {
         return StorageUrl::Memory;
     }
+    if let Some(rest) = s.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = bucket.len() >= 3
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !bucket_ok {
+            errs.push(
+                "storage.url",
+                format!("{s:?}: {bucket:?} is not an S3 bucket name"),
+            );
+        }
+        return StorageUrl::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        };
+    }
     let reason = match s.split_once("://") {
-        Some(("s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" | "azure", _)) => format!(
-            "{s:?}: cloud object stores are not supported by this build yet; use file:// or memory://"
+        Some(("gs" | "az" | "abfs" | "abfss" | "azure", _)) => format!(
+            "{s:?}: Google Cloud Storage and Azure are not supported by this build yet; use s3://, file:// or memory://"
         ),
-        Some((scheme, _)) => format!("unsupported scheme {scheme:?} (use file:// or memory://)"),
+        Some((scheme, _)) => {
+            format!("unsupported scheme {scheme:?} (use s3://, file:// or memory://)")
+        }
         None => format!("{s:?} is not a URL (e.g. \"file://./data\")"),
     };
     errs.push("storage.url", reason);
@@ -409,6 +473,26 @@ impl Config {
             &mut errs,
             raw.storage.url.as_deref().unwrap_or(DEFAULT_STORAGE),
         );
+        let s3 = match raw.storage.s3 {
+            None => S3Config::default(),
+            Some(r) => S3Config {
+                endpoint: r.endpoint,
+                region: r.region,
+                allow_http: r.allow_http,
+                virtual_hosted_style: r.virtual_hosted_style,
+                access_key_id: r.access_key_id,
+                secret_access_key: r.secret_access_key_file.and_then(|f| {
+                    read_file(&mut errs, base, "storage.s3.secret_access_key_file", &f).map(|b| {
+                        String::from_utf8_lossy(&b)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string()
+                    })
+                }),
+            },
+        };
+        if s3.endpoint.is_some() && !matches!(url, StorageUrl::S3 { .. }) {
+            errs.push("storage.s3", "set, but storage.url is not an s3:// URL");
+        }
         let spool_dir = raw
             .storage
             .spool_dir
@@ -697,7 +781,7 @@ impl Config {
         Ok(Config {
             source: source.to_string(),
             server: ServerConfig { listen },
-            storage: StorageConfig { url, spool_dir },
+            storage: StorageConfig { url, s3, spool_dir },
             cache: CacheConfig {
                 tag_ttl,
                 serve_stale: raw.cache.serve_stale.unwrap_or(true),
@@ -827,8 +911,26 @@ username = "u"
         )
         .unwrap();
         assert_eq!(c.storage.url, StorageUrl::File("/var/x".into()));
-        let e = errors(&format!("[storage]\nurl = \"s3://bucket\"\n{UP}"));
+        let c = Config::from_toml(
+            &format!("[storage]\nurl = \"s3://my-bucket/mirror/\"\n[storage.s3]\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true\n{UP}"),
+            "t",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage.url,
+            StorageUrl::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "mirror".into()
+            }
+        );
+        assert_eq!(c.storage.s3.allow_http, Some(true));
+        let e = errors(&format!("[storage]\nurl = \"s3://B\"\n{UP}"));
         assert_eq!(e[0].key, "storage.url");
+        let e = errors(&format!("[storage]\nurl = \"gs://bucket\"\n{UP}"));
+        assert_eq!(e[0].key, "storage.url");
+        let e = errors(&format!("[storage.s3]\nregion = \"x\"\nbogus = 1\n{UP}"));
+        assert_eq!(e[0].key, "storage.s3.bogus");
     }
 
     #[test]

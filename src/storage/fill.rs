@@ -395,6 +395,7 @@ mod tests {
 
     fn store(dir: &std::path::Path, local: bool) -> Store {
         Store::open(&StorageConfig {
+            s3: Default::default(),
             url: if local {
                 StorageUrl::File(dir.join("disk"))
             } else {

@@ -16,9 +16,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::prefix::PrefixStore;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -63,6 +65,41 @@ impl Store {
             )
         })?;
         match &cfg.url {
+            StorageUrl::S3 { bucket, prefix } => {
+                let s3 = &cfg.s3;
+                let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Some(v) = &s3.endpoint {
+                    b = b.with_endpoint(v);
+                }
+                if let Some(v) = &s3.region {
+                    b = b.with_region(v);
+                }
+                if let Some(v) = s3.allow_http {
+                    b = b.with_allow_http(v);
+                }
+                if let Some(v) = s3.virtual_hosted_style {
+                    b = b.with_virtual_hosted_style_request(v);
+                }
+                if let Some(v) = &s3.access_key_id {
+                    b = b.with_access_key_id(v);
+                }
+                if let Some(v) = &s3.secret_access_key {
+                    b = b.with_secret_access_key(v);
+                }
+                let s3 = b
+                    .build()
+                    .map_err(|e| format!("storage.url: {}: {e}", cfg.url))?;
+                let os: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                    Arc::new(s3)
+                } else {
+                    Arc::new(PrefixStore::new(s3, prefix.as_str()))
+                };
+                Ok(Store {
+                    os,
+                    local_root: None,
+                    spool_dir: cfg.spool_dir.clone(),
+                })
+            }
             StorageUrl::Memory => Ok(Store {
                 os: Arc::new(InMemory::new()),
                 local_root: None,

@@ -309,11 +309,13 @@ mod tests {
         let spool = dir.join("spool");
         vec![
             Store::open(&StorageConfig {
+                s3: Default::default(),
                 url: StorageUrl::File(dir.join("disk")),
                 spool_dir: spool.clone(),
             })
             .unwrap(),
             Store::open(&StorageConfig {
+                s3: Default::default(),
                 url: StorageUrl::Memory,
                 spool_dir: spool,
             })

@@ -10,4 +10,5 @@ mod faults;
 mod multiarch;
 mod pull;
 mod routing;
+mod s3;
 mod tags;

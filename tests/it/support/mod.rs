@@ -7,6 +7,7 @@ pub mod archway;
 pub mod fake;
 pub mod images;
 pub mod registry;
+pub mod s3;
 pub mod skopeo;
 
 use std::net::TcpListener;
