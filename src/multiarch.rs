@@ -128,16 +128,20 @@ pub fn config_platform(config: &[u8]) -> Option<Platform> {
         architecture,
         variant: s("variant").unwrap_or_default(),
         os_version: s("os.version").filter(|v| !v.is_empty()),
-        os_features: v
-            .get("os.features")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|f| f.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        os_features: os_features(&v),
     })
+}
+
+/// `os.features` of a config or a `platform` object: both spell it the same.
+fn os_features(v: &Value) -> Vec<String> {
+    v.get("os.features")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The platform of an index entry's `platform` object.
@@ -157,15 +161,7 @@ pub fn descriptor_platform(descriptor: &Value) -> Option<Platform> {
             .get("os.version")
             .and_then(Value::as_str)
             .map(str::to_string),
-        os_features: p
-            .get("os.features")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|f| f.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        os_features: os_features(p),
     })
 }
 

@@ -4,7 +4,7 @@
 use crate::support::archway::{Archway, Settings};
 use crate::support::images::{Image, Pusher};
 use crate::support::registry::{Options, Upstream};
-use crate::support::{http, random_bytes, skopeo, unique_seed};
+use crate::support::{http, oci_error, random_bytes, skopeo, unique_seed};
 
 async fn seeded_image(up: &Upstream, repo: &str, tag: &str) -> Image {
     let seed = unique_seed();
@@ -278,7 +278,5 @@ async fn basic_auth_upstream_with_and_without_credentials() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert_eq!(oci_error(r).await, (403, "DENIED".into()));
 }

@@ -4,7 +4,7 @@
 use crate::support::archway::{Archway, Settings};
 use crate::support::images::{Image, Pusher};
 use crate::support::registry::Upstream;
-use crate::support::{http, random_bytes, unique_seed};
+use crate::support::{http, oci_error, random_bytes, unique_seed};
 
 fn image() -> Image {
     let seed = unique_seed();
@@ -152,7 +152,5 @@ async fn tag_list_is_proxied_with_pagination() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["errors"][0]["code"], "NAME_UNKNOWN");
+    assert_eq!(oci_error(r).await, (404, "NAME_UNKNOWN".into()));
 }
