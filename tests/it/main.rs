@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod clients;
 mod dedup;
 mod errors;
 mod faults;

@@ -1,0 +1,391 @@
+//! Real cluster clients pulling multi-arch images through archway, configured with the very
+//! files in `deploy/` (only the address substituted): containerd (`ctr` with a private
+//! daemon, `hosts.toml`) and podman (`registries.conf` mirrors).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::archway::{Archway, Settings, UpstreamSpec};
+use crate::support::images::{Image, Pusher};
+use crate::support::registry::Upstream;
+use crate::support::{random_bytes, unique_seed};
+
+const REPO: &str = "thinklab/go-hello-world";
+const DEPLOY_ADDR: &str = "127.0.0.1:5000";
+
+fn deploy(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(rel)
+}
+
+/// Copies a deploy file with archway's real address in place of the documented one.
+fn install(rel: &str, dest: &Path, addr: &str) {
+    let text = std::fs::read_to_string(deploy(rel)).expect("deploy file");
+    assert!(
+        text.contains(DEPLOY_ADDR),
+        "{rel} no longer names {DEPLOY_ADDR}"
+    );
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(dest, text.replace(DEPLOY_ADDR, addr)).expect("write");
+}
+
+fn image(platform: &str) -> Image {
+    Image::new(platform, vec![random_bytes(unique_seed(), 4096)])
+}
+
+/// Upstreams for docker.io and quay.io, with the tutorial's multi-arch layout on docker.io.
+struct Fixture {
+    hub: Upstream,
+    quay: Upstream,
+    s390x: Image,
+    quay_img: Image,
+    archway: Archway,
+}
+
+async fn fixture() -> Fixture {
+    let hub = Upstream::start().await;
+    let quay = Upstream::start().await;
+    let push = Pusher::new(&hub.url(), None);
+    push.index(
+        REPO,
+        "latest",
+        &[
+            ("linux/amd64", &image("linux/amd64")),
+            ("linux/arm64", &image("linux/arm64")),
+        ],
+    )
+    .await;
+    let s390x = image("linux/s390x");
+    push.image(REPO, "s390x-latest", &s390x).await;
+    push.image("arm32v7/go-hello-world", "latest", &image("linux/arm/v7"))
+        .await;
+    let quay_img = image("linux/amd64");
+    Pusher::new(&quay.url(), None)
+        .image("org/app", "v1", &quay_img)
+        .await;
+    let settings = Settings {
+        upstreams: vec![
+            UpstreamSpec::new(
+                "hub",
+                &hub.url(),
+                &["docker.io", "registry-1.docker.io"],
+                true,
+            ),
+            UpstreamSpec::new("quay", &quay.url(), &["quay.io", "ghcr.io"], false),
+        ],
+        extra: r#"
+[[fallback]]
+repository = "docker.io/thinklab/go-hello-world"
+[fallback.platforms]
+"linux/s390x" = "docker.io/thinklab/go-hello-world:s390x-{tag}"
+"linux/arm/v7" = "docker.io/arm32v7/{name}:{tag}"
+"#
+        .into(),
+        ..Settings::single("http://unused")
+    };
+    let archway = Archway::start(&settings).await;
+    Fixture {
+        hub,
+        quay,
+        s390x,
+        quay_img,
+        archway,
+    }
+}
+
+// === containerd ===
+
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let cfg = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = "{debug}"
+[metrics]
+  address = ""
+[plugins."io.containerd.metadata.v1.bolt"]
+  content_sharing_policy = "isolated"
+"#,
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("containerd.sock").display(),
+            debug = d.join("debug.sock").display(),
+        );
+        std::fs::write(d.join("config.toml"), cfg).expect("config");
+        let log = std::fs::File::create(d.join("containerd.log")).expect("log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdout(log.try_clone().expect("fd"))
+            .stderr(log)
+            .spawn()
+            .expect("containerd must be installed (make test installs it)");
+        let c = Containerd { dir, child };
+        // Start-up readiness: the socket appears once containerd serves.
+        let start = Instant::now();
+        while !c.dir.path().join("containerd.sock").exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "containerd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(args)
+            .output()
+            .expect("ctr");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The architecture in the image config that namespace `ns` holds.
+    fn pulled_arch(&self, ns: &str) -> String {
+        let (ok, list, err) = self.ctr(&["-n", ns, "content", "ls", "-q"]);
+        assert!(ok, "{err}");
+        for digest in list
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("sha256:"))
+        {
+            let (ok, body, _) = self.ctr(&["-n", ns, "content", "get", digest]);
+            if !ok {
+                continue;
+            }
+            if let Ok(v) = serde_json::from_str::<Value>(&body) {
+                if let (Some(a), Some(_)) = (v["architecture"].as_str(), v.get("rootfs")) {
+                    return match v["variant"].as_str() {
+                        Some(var) => format!("{a}/{var}"),
+                        None => a.to_string(),
+                    };
+                }
+            }
+        }
+        panic!("no image config in namespace {ns}: {list}");
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_every_platform_through_hosts_toml() {
+    let f = fixture().await;
+    let hosts = tempfile::tempdir().unwrap();
+    let addr = f.archway.host();
+    for ns in ["docker.io", "quay.io", "ghcr.io", "_default"] {
+        install(
+            &format!("containerd/certs.d/{ns}/hosts.toml"),
+            &hosts.path().join(ns).join("hosts.toml"),
+            &addr,
+        );
+    }
+    let hosts_dir = hosts.path().to_str().unwrap().to_string();
+    let c = Containerd::start();
+    let image = format!("docker.io/{REPO}:latest");
+    for (platform, want) in [
+        ("linux/amd64", "amd64"),
+        ("linux/arm64", "arm64"),
+        ("linux/s390x", "s390x"),
+        ("linux/arm/v7", "arm/v7"),
+    ] {
+        let ns = format!("t-{}", platform.replace('/', "-"));
+        let (ok, _, err) = c.ctr(&[
+            "-n",
+            &ns,
+            "images",
+            "pull",
+            "--hosts-dir",
+            &hosts_dir,
+            "--platform",
+            platform,
+            &image,
+        ]);
+        assert!(ok, "ctr pull {platform}: {err}");
+        assert_eq!(c.pulled_arch(&ns), want, "{platform}");
+    }
+    // containerd resolved through archway (HEAD with ?ns=docker.io), never the real registry.
+    let log = f.archway.log_text();
+    assert!(
+        log.contains("method=HEAD") && log.contains("ns=docker.io"),
+        "no ?ns= HEAD seen"
+    );
+    assert!(f.hub.count("HEAD", &format!("/v2/{REPO}/manifests/latest")) <= 1);
+
+    // quay.io through its own hosts.toml, and ghcr.io through the same upstream.
+    let (ok, _, err) = c.ctr(&[
+        "-n",
+        "quay",
+        "images",
+        "pull",
+        "--hosts-dir",
+        &hosts_dir,
+        "quay.io/org/app:v1",
+    ]);
+    assert!(ok, "quay.io: {err}");
+    assert_eq!(f.quay.count("GET", "/v2/org/app/manifests/v1"), 1);
+    let (ok, out, _) = c.ctr(&["-n", "quay", "images", "ls", "-q"]);
+    assert!(ok && out.contains("quay.io/org/app:v1"));
+
+    // override_path: the host URL's path is the API root, with the registry in the path.
+    let op = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(op.path().join("docker.io")).unwrap();
+    std::fs::write(
+        op.path().join("docker.io/hosts.toml"),
+        format!(
+            "server = \"https://registry-1.docker.io\"\n[host.\"http://{addr}/v2/docker.io\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = c.ctr(&[
+        "-n",
+        "override",
+        "images",
+        "pull",
+        "--hosts-dir",
+        op.path().to_str().unwrap(),
+        "--platform",
+        "linux/s390x",
+        &image,
+    ]);
+    assert!(ok, "override_path: {err}");
+    assert_eq!(c.pulled_arch("override"), "s390x");
+    assert!(f
+        .archway
+        .log_text()
+        .contains(&format!("/v2/docker.io/{REPO}/manifests/")));
+    let _ = (&f.s390x, &f.quay_img);
+}
+
+// === podman ===
+
+fn podman_env(dir: &Path, registries: &Path) -> Vec<(String, String)> {
+    let storage = dir.join("storage.conf");
+    std::fs::write(
+        &storage,
+        format!(
+            "[storage]\ndriver = \"vfs\"\nrunroot = \"{}\"\ngraphroot = \"{}\"\n",
+            dir.join("run").display(),
+            dir.join("root").display()
+        ),
+    )
+    .unwrap();
+    let containers = dir.join("containers.conf");
+    std::fs::write(
+        &containers,
+        format!(
+            "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nevents_logfile_path = \"{}\"\nruntime = \"runc\"\n[containers]\nnetns = \"host\"\n",
+            dir.join("events.log").display()
+        ),
+    )
+    .unwrap();
+    vec![
+        (
+            "CONTAINERS_STORAGE_CONF".into(),
+            storage.display().to_string(),
+        ),
+        ("CONTAINERS_CONF".into(), containers.display().to_string()),
+        (
+            "CONTAINERS_REGISTRIES_CONF".into(),
+            registries.display().to_string(),
+        ),
+    ]
+}
+
+fn podman(env: &[(String, String)], args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("podman")
+        .args(args)
+        .envs(env.iter().cloned())
+        .stdin(Stdio::null())
+        .output()
+        .expect("podman must be installed (make test installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_pulls_through_registries_conf_mirrors() {
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let registries = dir.path().join("registries.conf");
+    install(
+        "containers/registries.conf.d/archway.conf",
+        &registries,
+        &f.archway.host(),
+    );
+    let env = podman_env(dir.path(), &registries);
+    let image = format!("docker.io/{REPO}:latest");
+    for (args, want) in [
+        (vec!["--arch", "s390x"], "s390x"),
+        (vec!["--arch", "arm64"], "arm64"),
+        (vec!["--platform", "linux/arm/v7"], "arm"),
+    ] {
+        let mut a = vec!["pull", "-q"];
+        a.extend(&args);
+        a.push(&image);
+        let (ok, _, err) = podman(&env, &a);
+        assert!(ok, "podman pull {args:?}: {err}");
+        let (ok, arch, err) = podman(
+            &env,
+            &["image", "inspect", "--format", "{{.Architecture}}", &image],
+        );
+        assert!(ok, "{err}");
+        assert_eq!(arch.trim(), want, "{args:?}");
+        let _ = podman(&env, &["rmi", "-f", &image]);
+    }
+    // The quay.io mirror has a path: /v2/quay.io/org/app/...
+    let (ok, _, err) = podman(&env, &["pull", "-q", "quay.io/org/app:v1"]);
+    assert!(ok, "quay.io: {err}");
+    assert!(f
+        .archway
+        .log_text()
+        .contains("/v2/quay.io/org/app/manifests/v1"));
+
+    // digest-only mirrors: a pull by digest goes through archway.
+    let text = std::fs::read_to_string(&registries).unwrap().replace(
+        "insecure = true",
+        "insecure = true\npull-from-mirror = \"digest-only\"",
+    );
+    let digest_only = dir.path().join("digest-only.conf");
+    std::fs::write(&digest_only, text).unwrap();
+    let env2 = podman_env(dir.path(), &digest_only);
+    let by_digest = format!("docker.io/{REPO}@{}", f.s390x.digest);
+    let (ok, _, err) = podman(&env2, &["pull", "-q", "--arch", "s390x", &by_digest]);
+    assert!(ok, "digest-only pull by digest: {err}");
+    let _ = &f.quay_img;
+}
