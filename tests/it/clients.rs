@@ -289,6 +289,38 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
     let _ = (&f.s390x, &f.quay_img);
 }
 
+// === skopeo with registries.conf ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pulls_through_the_registries_conf_mirror() {
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let registries = dir.path().join("registries.conf");
+    install(
+        "containers/registries.conf.d/archway.conf",
+        &registries,
+        &f.archway.host(),
+    );
+    let out_dir = dir.path().join("oci");
+    let dest = format!("oci:{}:latest", out_dir.display());
+    // skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF: the file is passed explicitly.
+    let out = crate::support::skopeo::run(&[
+        "--registries-conf",
+        registries.to_str().unwrap(),
+        "copy",
+        "--override-arch",
+        "s390x",
+        &format!("docker://docker.io/{REPO}:latest"),
+        &dest,
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(crate::support::skopeo::copied_arch(&out_dir), "s390x");
+    assert!(f
+        .archway
+        .log_text()
+        .contains(&format!("/v2/{REPO}/manifests/latest")));
+}
+
 // === podman ===
 
 fn podman_env(dir: &Path, registries: &Path) -> Vec<(String, String)> {

@@ -93,6 +93,29 @@ async fn cut_connection_mid_blob_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upstream_times_out_and_caches_nothing() {
+    let data = random_bytes(unique_seed(), 500_000);
+    let digest = crate::support::images::sha256(&data);
+    let port = crate::support::fake::stall_server(data.len(), data[..100_000].to_vec()).await;
+    let mut settings = Settings::single(&format!("http://127.0.0.1:{port}"));
+    settings.read_timeout = "1s".into();
+    let aw = Archway::start(&settings).await;
+    let r = http()
+        .get(format!("{}/v2/stall/app/blobs/{digest}", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.is_err(),
+        "a stalled blob was delivered as complete"
+    );
+    assert!(!cached_file(&aw, &digest).exists());
+    assert!(staging_is_empty(&aw));
+    assert!(aw.log_text().contains("timed out") || aw.log_text().contains("blob fill failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_rate_limit_is_passed_on_when_nothing_is_cached() {
     let fake = Fake::start().await;
     fake.route(

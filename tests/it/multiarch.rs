@@ -2,8 +2,6 @@
 //! s390x, ppc64le and arm/v7, fallbacks that fill them, and a mislabelled fallback that must
 //! never be served.
 
-use std::path::Path;
-
 use serde_json::Value;
 
 use crate::support::archway::{Archway, Settings, UpstreamSpec};
@@ -127,22 +125,6 @@ fn platforms(index: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The architecture (and variant) in the config of the image skopeo copied into `dir`.
-fn copied_arch(dir: &Path) -> String {
-    let blob = |d: &str| -> Value {
-        let hex = d.trim_start_matches("sha256:");
-        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
-    };
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let manifest = blob(index["manifests"][0]["digest"].as_str().unwrap());
-    let config = blob(manifest["config"]["digest"].as_str().unwrap());
-    match config["variant"].as_str() {
-        Some(v) => format!("{}/{v}", config["architecture"].as_str().unwrap()),
-        None => config["architecture"].as_str().unwrap().to_string(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synthesized_index_fills_missing_platforms_and_refuses_mislabelled_ones() {
     let t = tutorial().await;
@@ -202,7 +184,7 @@ async fn synthesized_index_fills_missing_platforms_and_refuses_mislabelled_ones(
         let dir = tempfile::tempdir().unwrap();
         let out = skopeo::copy_to_oci(&src, dir.path(), &args);
         assert!(out.ok, "{args:?}: {}", out.stderr);
-        assert_eq!(copied_arch(dir.path()), want, "{args:?}");
+        assert_eq!(skopeo::copied_arch(dir.path()), want, "{args:?}");
         skopeo::verify_oci_layout(dir.path());
     }
     // riscv64 is not offered at all: never the mislabelled amd64 image.

@@ -43,6 +43,8 @@ pub struct Settings {
     pub serve_stale: bool,
     /// `None`: a `file://` cache in the instance's temp dir.
     pub storage_url: Option<String>,
+    /// Each upstream's `read_timeout`.
+    pub read_timeout: String,
     pub extra: String,
 }
 
@@ -54,6 +56,7 @@ impl Settings {
             tag_ttl: "1h".into(),
             serve_stale: true,
             storage_url: None,
+            read_timeout: "5s".into(),
             extra: String::new(),
         }
     }
@@ -72,7 +75,7 @@ pub fn render(settings: &Settings, dir: &Path, port: u16) -> String {
     );
     for (i, u) in settings.upstreams.iter().enumerate() {
         s.push_str(&format!(
-            "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\nhosts = [{}]\ndefault = {}\nconnect_timeout = \"2s\"\nread_timeout = \"5s\"\n",
+            "[[upstream]]\nname = \"{}\"\nurl = \"{}\"\nhosts = [{}]\ndefault = {}\nconnect_timeout = \"2s\"\nread_timeout = \"{}\"\n",
             u.name,
             u.url,
             u.hosts
@@ -80,7 +83,8 @@ pub fn render(settings: &Settings, dir: &Path, port: u16) -> String {
                 .map(|h| format!("\"{h}\""))
                 .collect::<Vec<_>>()
                 .join(", "),
-            u.default
+            u.default,
+            settings.read_timeout
         ));
         if let Some((user, pass)) = &u.creds {
             let pw = dir.join(format!("password-{i}"));

@@ -167,6 +167,15 @@ impl Fake {
 /// A raw TCP upstream that answers every request with `200`, a `Content-Length` of `len`,
 /// the first bytes of the body, and then closes the connection: a transfer cut mid-blob.
 pub async fn cut_server(len: usize, prefix: Vec<u8>) -> u16 {
+    partial_server(len, prefix, false).await
+}
+
+/// Like [`cut_server`], but the connection stays open and silent: a stalled upstream.
+pub async fn stall_server(len: usize, prefix: Vec<u8>) -> u16 {
+    partial_server(len, prefix, true).await
+}
+
+async fn partial_server(len: usize, prefix: Vec<u8>, stall: bool) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -191,6 +200,16 @@ pub async fn cut_server(len: usize, prefix: Vec<u8>) -> u16 {
                 );
                 let _ = s.write_all(head.as_bytes()).await;
                 let _ = s.write_all(&prefix).await;
+                if stall {
+                    // Hold the connection until the client gives up on it.
+                    let mut sink = [0u8; 64];
+                    while let Ok(n) = s.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    return;
+                }
                 let _ = s.shutdown().await;
             });
         }

@@ -57,3 +57,19 @@ pub fn layout_has(dir: &Path, digest: &str) -> bool {
     let hex = digest.trim_start_matches("sha256:");
     dir.join("blobs").join("sha256").join(hex).exists()
 }
+
+/// The architecture (and variant) in the config of the image skopeo copied into `dir`.
+pub fn copied_arch(dir: &Path) -> String {
+    let blob = |d: &str| -> serde_json::Value {
+        let hex = d.trim_start_matches("sha256:");
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifest = blob(index["manifests"][0]["digest"].as_str().unwrap());
+    let config = blob(manifest["config"]["digest"].as_str().unwrap());
+    match config["variant"].as_str() {
+        Some(v) => format!("{}/{v}", config["architecture"].as_str().unwrap()),
+        None => config["architecture"].as_str().unwrap().to_string(),
+    }
+}
