@@ -289,6 +289,130 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
     let _ = (&f.s390x, &f.quay_img);
 }
 
+// === Docker ===
+
+/// dockerd 20.10 (Debian's docker.io) with its own containerd, data root and socket, its
+/// `registry-mirrors` taken from deploy/docker/daemon.json.
+struct Dockerd {
+    dir: tempfile::TempDir,
+    child: Child,
+    _containerd: Containerd,
+}
+
+impl Dockerd {
+    fn start(addr: &str) -> Dockerd {
+        let containerd = Containerd::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let deploy_json = std::fs::read_to_string(deploy("docker/daemon.json"))
+            .expect("daemon.json")
+            .replace(DEPLOY_ADDR, addr);
+        let mut cfg: Value = serde_json::from_str(&deploy_json).expect("daemon.json is JSON");
+        let sock = d.join("docker.sock");
+        for (k, v) in [
+            ("data-root", serde_json::json!(d.join("data"))),
+            ("exec-root", serde_json::json!(d.join("exec"))),
+            ("pidfile", serde_json::json!(d.join("dockerd.pid"))),
+            (
+                "hosts",
+                serde_json::json!([format!("unix://{}", sock.display())]),
+            ),
+            (
+                "containerd",
+                serde_json::json!(containerd.dir.path().join("containerd.sock")),
+            ),
+            ("containerd-namespace", serde_json::json!("moby-test")),
+            (
+                "containerd-plugins-namespace",
+                serde_json::json!("moby-test-plugins"),
+            ),
+            ("iptables", serde_json::json!(false)),
+            ("ip6tables", serde_json::json!(false)),
+            ("bridge", serde_json::json!("none")),
+            ("storage-driver", serde_json::json!("vfs")),
+        ] {
+            cfg[k] = v;
+        }
+        std::fs::write(d.join("daemon.json"), cfg.to_string()).expect("write");
+        let log = std::fs::File::create(d.join("dockerd.log")).expect("log");
+        let child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .stdout(log.try_clone().expect("fd"))
+            .stderr(log)
+            .spawn()
+            .expect("dockerd must be installed (make test installs docker.io)");
+        let dockerd = Dockerd {
+            dir,
+            child,
+            _containerd: containerd,
+        };
+        let start = Instant::now();
+        loop {
+            let (ok, _, _) = dockerd.docker(&["version"]);
+            if ok {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "dockerd did not start: {}",
+                std::fs::read_to_string(dockerd.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        dockerd
+    }
+
+    fn docker(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("/usr/bin/docker")
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}", self.dir.path().join("docker.sock").display()),
+            )
+            .args(args)
+            .output()
+            .expect("docker client");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_pulls_through_registry_mirrors() {
+    let f = fixture().await;
+    let docker = Dockerd::start(&f.archway.host());
+    let image = format!("{REPO}:latest");
+    for (platform, want) in [
+        ("linux/arm64", "arm64"),
+        ("linux/s390x", "s390x"),
+        ("linux/amd64", "amd64"),
+    ] {
+        let (ok, _, err) = docker.docker(&["pull", "-q", "--platform", platform, &image]);
+        assert!(ok, "docker pull {platform}: {err}");
+        let (ok, arch, err) =
+            docker.docker(&["image", "inspect", "--format", "{{.Architecture}}", &image]);
+        assert!(ok, "{err}");
+        assert_eq!(arch.trim(), want, "{platform}");
+        // dockerd keeps manifests in containerd: forget the image so the next pull asks again.
+        let _ = docker.docker(&["rmi", "-f", &image]);
+    }
+    // Docker's mirror sends Docker Hub names without a registry prefix or ?ns=.
+    assert!(f
+        .archway
+        .log_text()
+        .contains(&format!("/v2/{REPO}/manifests/")));
+}
+
 // === skopeo with registries.conf ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
