@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite talks to, when missing (Debian, as root):
 # - a real upstream registry: docker-registry (distribution 2.8)
-# - real clients: skopeo, containerd (ctr), podman, dockerd (docker.io)
+# - real clients: skopeo, containerd (ctr), podman, dockerd (docker.io), buildah
 # - a real S3-speaking server: moto_server (PyPI moto[server]) in a venv under
 #   ${ARCHWAY_TEST_TOOLS:-/opt/archway-test-tools}; tests find it there or on PATH.
 set -euo pipefail
@@ -11,6 +11,7 @@ command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v containerd >/dev/null 2>&1 || need+=(containerd)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -545,3 +545,112 @@ async fn podman_pulls_through_registries_conf_mirrors() {
     assert!(ok, "digest-only pull by digest: {err}");
     let _ = &f.quay_img;
 }
+
+// === buildah: the tutorial's workflow ===
+
+fn buildah(env: &[(String, String)], args: &[&str]) -> String {
+    let out = Command::new("buildah")
+        .args(args)
+        .envs(env.iter().cloned())
+        .env("BUILDAH_ISOLATION", "chroot")
+        .stdin(Stdio::null())
+        .output()
+        .expect("buildah must be installed (make test installs it)");
+    assert!(
+        out.status.success(),
+        "buildah {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildah_multiarch_workflow_then_every_platform_through_archway() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = podman_env(dir.path(), &dir.path().join("registries.conf"));
+    std::fs::write(dir.path().join("registries.conf"), "").unwrap();
+    let payload = dir.path().join("hello.txt");
+    let repo = format!("{}/tutorial/hello", up.host());
+    // Per-architecture images from scratch, as the tutorial builds them.
+    for (arch, variant) in [("amd64", ""), ("arm64", "v8"), ("s390x", "")] {
+        std::fs::write(&payload, format!("hello from {arch}\n")).unwrap();
+        let ctr = buildah(&env, &["from", "scratch"]);
+        buildah(
+            &env,
+            &["copy", &ctr, payload.to_str().unwrap(), "/hello.txt"],
+        );
+        let mut cfg = vec!["config", "--arch", arch, "--os", "linux"];
+        if !variant.is_empty() {
+            cfg.extend(["--variant", variant]);
+        }
+        cfg.push(&ctr);
+        buildah(&env, &cfg);
+        buildah(
+            &env,
+            &["commit", "--rm", &ctr, &format!("localhost/hello:{arch}")],
+        );
+        buildah(
+            &env,
+            &[
+                "push",
+                "--tls-verify=false",
+                &format!("localhost/hello:{arch}"),
+                &format!("docker://{repo}:{arch}-latest"),
+            ],
+        );
+    }
+    // The index holds amd64 and arm64 only; s390x stays a per-arch tag.
+    buildah(&env, &["manifest", "create", "hello-list"]);
+    for arch in ["amd64", "arm64"] {
+        buildah(
+            &env,
+            &[
+                "manifest",
+                "add",
+                "--tls-verify=false",
+                "--arch",
+                arch,
+                "--os",
+                "linux",
+                "hello-list",
+                &format!("docker://{repo}:{arch}-latest"),
+            ],
+        );
+    }
+    buildah(
+        &env,
+        &[
+            "manifest",
+            "push",
+            "--all",
+            "--tls-verify=false",
+            "hello-list",
+            &format!("docker://{repo}:latest"),
+        ],
+    );
+
+    let aw = Archway::start(&Settings {
+        upstreams: vec![UpstreamSpec::new("hub", &up.url(), &["docker.io"], true)],
+        extra: r#"
+[[fallback]]
+repository = "docker.io/tutorial/hello"
+[fallback.platforms]
+"linux/s390x" = "docker.io/tutorial/hello:s390x-{tag}"
+"#
+        .into(),
+        ..Settings::single(&up.url())
+    })
+    .await;
+    for (arch, want) in [("amd64", "amd64"), ("arm64", "arm64"), ("s390x", "s390x")] {
+        let out_dir = dir.path().join(format!("oci-{arch}"));
+        let out = crate::support::skopeo::copy_to_oci(
+            &format!("{}/tutorial/hello:latest", aw.host()),
+            &out_dir,
+            &["--override-arch", arch],
+        );
+        assert!(out.ok, "{arch}: {}", out.stderr);
+        let got = crate::support::skopeo::copied_arch(&out_dir);
+        assert!(got.starts_with(want), "{arch}: {got}");
+    }
+}

@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod clients;
 mod dedup;
+mod deploy;
 mod errors;
 mod faults;
 mod multiarch;

@@ -1,0 +1,133 @@
+//! deploy/kubernetes stays valid: every manifest parses, every kustomization names files that
+//! exist, each variant's archway.toml passes `archway check-config`, and the probe paths the
+//! Deployment uses are served by archway's admin listener.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::archway::{Archway, Settings};
+use crate::support::registry::Upstream;
+use crate::support::{free_port, http};
+
+fn k8s() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "yaml") {
+            out.push(p);
+        }
+    }
+}
+
+fn docs(path: &Path) -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_manifests_are_valid_and_their_probes_exist() {
+    let mut files = Vec::new();
+    yaml_files(&k8s(), &mut files);
+    assert!(files.len() >= 10, "{files:?}");
+    let mut probes = Vec::new();
+    for f in &files {
+        for d in docs(f) {
+            let kind = d["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: no kind", f.display()));
+            assert!(
+                d["apiVersion"].as_str().is_some(),
+                "{}: no apiVersion",
+                f.display()
+            );
+            if kind == "Kustomization" {
+                let dir = f.parent().unwrap();
+                for r in d["resources"].as_sequence().into_iter().flatten() {
+                    let r = r.as_str().unwrap();
+                    assert!(
+                        dir.join(r).exists(),
+                        "{}: resource {r} is missing",
+                        f.display()
+                    );
+                }
+                for g in d["configMapGenerator"].as_sequence().into_iter().flatten() {
+                    for file in g["files"].as_sequence().into_iter().flatten() {
+                        let cfg = dir.join(file.as_str().unwrap());
+                        let out = Command::new(Archway::bin())
+                            .arg("check-config")
+                            .arg(&cfg)
+                            .output()
+                            .unwrap();
+                        assert!(
+                            out.status.success(),
+                            "{}: {}",
+                            cfg.display(),
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
+                }
+            }
+            if kind == "Deployment" {
+                assert_eq!(d["spec"]["replicas"].as_u64(), Some(2));
+                let c = &d["spec"]["template"]["spec"]["containers"][0];
+                assert_eq!(
+                    c["securityContext"]["readOnlyRootFilesystem"].as_bool(),
+                    Some(true)
+                );
+                assert_eq!(
+                    d["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"].as_bool(),
+                    Some(true)
+                );
+                for probe in ["readinessProbe", "livenessProbe"] {
+                    let h = &c[probe]["httpGet"];
+                    assert_eq!(
+                        h["port"].as_str(),
+                        Some("admin"),
+                        "{probe} on the admin port"
+                    );
+                    probes.push(h["path"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    assert_eq!(probes.len(), 2);
+
+    // The probe paths answer 200 on a running archway's admin listener.
+    let up = Upstream::start().await;
+    let admin = free_port();
+    let aw = Archway::start(&Settings {
+        extra: format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+        ..Settings::single(&up.url())
+    })
+    .await;
+    for p in probes {
+        let r = http()
+            .get(format!("http://127.0.0.1:{admin}{p}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{p}");
+    }
+    // /metrics is on the admin listener, not the registry port.
+    let r = http()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http()
+        .get(format!("{}/metrics", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
