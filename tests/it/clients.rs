@@ -244,7 +244,29 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
     );
     assert!(f.hub.count("HEAD", &format!("/v2/{REPO}/manifests/latest")) <= 1);
 
-    // quay.io through its own hosts.toml, and ghcr.io through the same upstream.
+    // ghcr.io has no directory of its own here: containerd uses _default/hosts.toml and sends
+    // ?ns=ghcr.io, which archway routes to the upstream that answers for ghcr.io.
+    let no_ghcr = tempfile::tempdir().unwrap();
+    for ns in ["docker.io", "_default"] {
+        install(
+            &format!("containerd/certs.d/{ns}/hosts.toml"),
+            &no_ghcr.path().join(ns).join("hosts.toml"),
+            &addr,
+        );
+    }
+    let (ok, _, err) = c.ctr(&[
+        "-n",
+        "default-ns",
+        "images",
+        "pull",
+        "--hosts-dir",
+        no_ghcr.path().to_str().unwrap(),
+        "ghcr.io/org/app:v1",
+    ]);
+    assert!(ok, "ghcr.io via _default: {err}");
+    assert!(f.archway.log_text().contains("ns=ghcr.io"));
+
+    // quay.io through its own hosts.toml.
     let (ok, _, err) = c.ctr(&[
         "-n",
         "quay",
@@ -255,6 +277,7 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
         "quay.io/org/app:v1",
     ]);
     assert!(ok, "quay.io: {err}");
+    // One upstream fetch for both names: quay.io and ghcr.io share that upstream's cache.
     assert_eq!(f.quay.count("GET", "/v2/org/app/manifests/v1"), 1);
     let (ok, out, _) = c.ctr(&["-n", "quay", "images", "ls", "-q"]);
     assert!(ok && out.contains("quay.io/org/app:v1"));
