@@ -70,9 +70,19 @@ struct RawConfig {
     #[serde(default)]
     admin: Option<RawAdmin>,
     #[serde(default)]
+    auth: Option<RawAuth>,
+    #[serde(default)]
     multiarch: RawMultiarch,
     #[serde(default)]
     fallback: Vec<RawFallback>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    htpasswd: Option<String>,
+    #[serde(default)]
+    anonymous: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,8 +169,26 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// The admin listener (`/metrics`, `/healthz`, `/inspect`), when configured.
     pub admin: Option<SocketAddr>,
+    /// Client authentication on the registry port, when configured.
+    pub auth: Option<AuthConfig>,
     pub multiarch: MultiarchConfig,
     pub fallbacks: Vec<FallbackConfig>,
+}
+
+/// `[auth]`: htpasswd users (bcrypt hashes, never printed) and whether anonymous pulls pass.
+#[derive(Clone)]
+pub struct AuthConfig {
+    pub users: HashMap<String, String>,
+    pub anonymous: bool,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("users", &self.users.len())
+            .field("anonymous", &self.anonymous)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -665,6 +693,27 @@ impl Config {
                 }
             }
         });
+        let auth = raw.auth.and_then(|a| {
+            let Some(file) = a.htpasswd else {
+                errs.push("auth.htpasswd", "missing: [auth] needs an htpasswd file");
+                return None;
+            };
+            let text = read_file(&mut errs, base, "auth.htpasswd", &file)?;
+            match crate::auth::parse_htpasswd(&String::from_utf8_lossy(&text)) {
+                Ok(users) if users.is_empty() => {
+                    errs.push("auth.htpasswd", format!("{file}: no users"));
+                    None
+                }
+                Ok(users) => Some(AuthConfig {
+                    users,
+                    anonymous: a.anonymous,
+                }),
+                Err(e) => {
+                    errs.push("auth.htpasswd", format!("{file}: {e}"));
+                    None
+                }
+            }
+        });
         let default_platform = match raw.multiarch.default_platform.as_deref() {
             None => Platform::new("linux", "amd64", ""),
             Some(s) => s.parse().unwrap_or_else(|e| {
@@ -789,6 +838,7 @@ impl Config {
             },
             upstreams,
             admin,
+            auth,
             multiarch: MultiarchConfig { default_platform },
             fallbacks,
         })

@@ -31,6 +31,8 @@ pub enum Error {
     TooManyRequests(String),
     #[error("upstream denied access: {0}")]
     Denied(String),
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("upstream unavailable: {0}")]
     Unavailable(String),
     #[error("upstream sent content with digest {actual}, expected {expected}")]
@@ -59,6 +61,7 @@ impl Error {
             Error::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Error::TooManyRequests(_) => "TOOMANYREQUESTS",
             Error::Denied(_) => "DENIED",
+            Error::Unauthorized(_) => "UNAUTHORIZED",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::DigestMismatch { .. } => "UNKNOWN",
             Error::RangeInvalid { .. } => "RANGE_INVALID",
@@ -79,6 +82,7 @@ impl Error {
             Error::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Denied(_) => StatusCode::FORBIDDEN,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::DigestMismatch { .. } => StatusCode::BAD_GATEWAY,
             Error::RangeInvalid { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -164,6 +168,11 @@ mod tests {
                 "TOOMANYREQUESTS",
             ),
             (Error::Denied("what went wrong".into()), 403, "DENIED"),
+            (
+                Error::Unauthorized("what went wrong".into()),
+                401,
+                "UNAUTHORIZED",
+            ),
             (
                 Error::Unavailable("what went wrong".into()),
                 503,

@@ -10,6 +10,7 @@
 //! - [`http`]: the HTTP front that turns requests into registry calls.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -1,6 +1,7 @@
 //! Request handlers: parse and validate what the client sent, ask the registry, and write the
 //! distribution API's headers. Errors are rendered here and nowhere else.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -40,8 +41,23 @@ pub fn route_label(path: &str) -> &'static str {
     }
 }
 
-pub async fn handle<B>(registry: &Arc<Registry>, req: &Request<B>) -> Response<Body> {
-    let mut resp = match dispatch(registry, req).await {
+pub async fn handle<B>(registry: &Arc<Registry>, req: &Request<B>, peer: IpAddr) -> Response<Body> {
+    // With [auth], every endpoint (the /v2/ check included) needs credentials, as on any
+    // registry that requires login.
+    let allowed = match &registry.auth {
+        Some(a) => a.check(
+            peer,
+            req.headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        ),
+        None => Ok(()),
+    };
+    let result = match allowed {
+        Ok(()) => dispatch(registry, req).await,
+        Err(e) => Err(e),
+    };
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => error_response(&e, req.method() == Method::HEAD),
     };
@@ -71,6 +87,12 @@ pub fn error_response(e: &Error, head: bool) -> Response<Body> {
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, JSON);
     h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    if let Error::Unauthorized(_) = e {
+        h.insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"archway\""),
+        );
+    }
     if let Error::RangeInvalid { size } = e {
         if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
             h.insert(CONTENT_RANGE, v);

@@ -80,7 +80,7 @@ async fn respond(
     peer: std::net::SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
-    let resp = handlers::handle(registry, &req).await;
+    let resp = handlers::handle(registry, &req, peer.ip()).await;
     let elapsed = started.elapsed();
     let route = handlers::route_label(req.uri().path());
     let m = &registry.metrics;

@@ -52,6 +52,8 @@ pub struct Registry {
     tag_flights: singleflight::Group<TagKey, Result<Arc<Manifest>>>,
     digest_flights: singleflight::Group<LinkKey, Result<Arc<Manifest>>>,
     pub fallbacks: Fallbacks,
+    /// Client authentication, when `[auth]` is configured.
+    pub auth: Option<crate::auth::Authenticator>,
     /// Resolved tags of repositories with fallback rules, trusted for the tag TTL.
     synth: moka::future::Cache<TagKey, Arc<Synthesis>>,
     synth_flights: singleflight::Group<TagKey, Result<Arc<Synthesis>>>,
@@ -76,7 +78,12 @@ impl Registry {
         if !config.cache.tag_ttl.is_zero() {
             synth = synth.time_to_live(config.cache.tag_ttl);
         }
+        let auth = config
+            .auth
+            .as_ref()
+            .map(|a| crate::auth::Authenticator::new(a.users.clone(), a.anonymous));
         Ok(Registry {
+            auth,
             fallbacks,
             synth: synth.build(),
             synth_flights: Default::default(),

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod client_auth;
 mod clients;
 mod dedup;
 mod deploy;

@@ -1,0 +1,169 @@
+//! Client authentication on the registry port: HTTP Basic against an htpasswd file of bcrypt
+//! entries (as `htpasswd -B` writes them), so `docker login`, `podman login` and
+//! `skopeo --creds` work.
+//!
+//! bcrypt is deliberately slow, so a verified (user, password) pair is remembered for a few
+//! minutes under a sha256 of the password: one bcrypt per client session, not per request.
+//! Repeated failures from one address are throttled.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::error::Error;
+use crate::oci::Digest;
+
+/// Failures from one address within [`FAILURE_WINDOW`] before it is refused outright.
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+pub struct Authenticator {
+    users: HashMap<String, String>,
+    anonymous: bool,
+    verified: moka::sync::Cache<(String, Digest), ()>,
+    failures: moka::sync::Cache<IpAddr, Arc<std::sync::atomic::AtomicU32>>,
+}
+
+/// Parses an htpasswd file: `user:$2y$...` lines; blank lines and `#` comments are skipped.
+pub fn parse_htpasswd(text: &str) -> Result<HashMap<String, String>, String> {
+    let mut users = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (user, hash) = line
+            .split_once(':')
+            .ok_or_else(|| format!("line {}: not user:hash", i + 1))?;
+        if !(hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$")) {
+            return Err(format!(
+                "line {}: user {user:?} does not have a bcrypt hash (create it with htpasswd -B)",
+                i + 1
+            ));
+        }
+        users.insert(user.to_string(), hash.to_string());
+    }
+    Ok(users)
+}
+
+impl Authenticator {
+    pub fn new(users: HashMap<String, String>, anonymous: bool) -> Authenticator {
+        Authenticator {
+            users,
+            anonymous,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(300))
+                .build(),
+            failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(FAILURE_WINDOW)
+                .build(),
+        }
+    }
+
+    /// Checks a request's `Authorization` header. `Ok` lets it through.
+    pub fn check(&self, peer: IpAddr, authorization: Option<&str>) -> Result<(), Error> {
+        let failures = self
+            .failures
+            .get_with(peer, || Arc::new(std::sync::atomic::AtomicU32::new(0)));
+        if failures.load(std::sync::atomic::Ordering::Relaxed) >= MAX_FAILURES {
+            return Err(Error::TooManyRequests(
+                "too many failed logins from this address; try again in a minute".into(),
+            ));
+        }
+        let Some(header) = authorization else {
+            return if self.anonymous {
+                Ok(())
+            } else {
+                Err(Error::Unauthorized("authentication required".into()))
+            };
+        };
+        let creds = header
+            .strip_prefix("Basic ")
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok());
+        let ok = creds
+            .as_deref()
+            .and_then(|c| c.split_once(':'))
+            .is_some_and(|(user, pass)| {
+                let key = (user.to_string(), Digest::sha256_of(pass.as_bytes()));
+                if self.verified.contains_key(&key) {
+                    return true;
+                }
+                let good = self
+                    .users
+                    .get(user)
+                    .is_some_and(|hash| bcrypt::verify(pass, hash).unwrap_or(false));
+                if good {
+                    self.verified.insert(key, ());
+                }
+                good
+            });
+        if ok {
+            Ok(())
+        } else {
+            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(Error::Unauthorized("invalid username or password".into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(u: &str, p: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
+    }
+
+    #[test]
+    fn htpasswd_and_checks() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let users = parse_htpasswd(&format!("# users\nalice:{hash}\n\n")).unwrap();
+        assert!(parse_htpasswd("bob:{SHA}abc")
+            .unwrap_err()
+            .contains("bcrypt"));
+        assert!(parse_htpasswd("nocolon").is_err());
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let strict = Authenticator::new(users.clone(), false);
+        assert!(strict.check(ip, Some(&basic("alice", "pw"))).is_ok());
+        assert!(
+            strict.check(ip, Some(&basic("alice", "pw"))).is_ok(),
+            "cached"
+        );
+        assert!(matches!(
+            strict.check(ip, None),
+            Err(Error::Unauthorized(_))
+        ));
+        assert!(matches!(
+            strict.check(ip, Some(&basic("alice", "nope"))),
+            Err(Error::Unauthorized(_))
+        ));
+        let open = Authenticator::new(users, true);
+        assert!(open.check(ip, None).is_ok());
+        assert!(
+            open.check(ip, Some(&basic("mallory", "x"))).is_err(),
+            "wrong creds still fail"
+        );
+        for _ in 0..MAX_FAILURES {
+            let _ = open.check(ip, Some("Basic !!!"));
+        }
+        assert!(matches!(
+            open.check(ip, Some(&basic("alice", "pw"))),
+            Err(Error::TooManyRequests(_))
+        ));
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(open.check(other, Some(&basic("alice", "pw"))).is_ok());
+    }
+}

@@ -1,0 +1,96 @@
+//! Client authentication on the registry port with an htpasswd file (bcrypt), through real
+//! skopeo.
+
+use crate::support::archway::{Archway, Settings};
+use crate::support::images::{Image, Pusher};
+use crate::support::registry::Upstream;
+use crate::support::{http, oci_error, random_bytes, skopeo, unique_seed};
+
+async fn setup(anonymous: bool) -> (Upstream, Archway) {
+    let up = Upstream::start().await;
+    let img = Image::new("linux/amd64", vec![random_bytes(unique_seed(), 1000)]);
+    Pusher::new(&up.url(), None)
+        .image("team/app", "v1", &img)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("ci:{}\n", bcrypt::hash("let-me-in", 4).unwrap()),
+    )
+    .unwrap();
+    let aw = Archway::start(&Settings {
+        extra: format!(
+            "\n[auth]\nhtpasswd = \"{}\"\nanonymous = {anonymous}\n",
+            htpasswd.display()
+        ),
+        ..Settings::single(&up.url())
+    })
+    .await;
+    // The htpasswd file is read at start-up; the temp dir may go.
+    drop(dir);
+    (up, aw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn htpasswd_login_is_required_unless_anonymous_is_allowed() {
+    let (_up, aw) = setup(false).await;
+    let src = format!("{}/team/app:v1", aw.host());
+    let dir = tempfile::tempdir().unwrap();
+    let out = skopeo::copy_to_oci(&src, dir.path(), &["--src-creds", "ci:let-me-in"]);
+    assert!(out.ok, "{}", out.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let out = skopeo::copy_to_oci(&src, dir.path(), &[]);
+    assert!(!out.ok, "an anonymous pull got through");
+    let out = skopeo::copy_to_oci(&src, dir.path(), &["--src-creds", "ci:wrong"]);
+    assert!(!out.ok, "wrong credentials got through");
+
+    let r = http()
+        .get(format!("{}/v2/", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"archway\"");
+    assert_eq!(oci_error(r).await, (401, "UNAUTHORIZED".into()));
+    let r = http()
+        .get(format!("{}/v2/", aw.url()))
+        .basic_auth("ci", Some("let-me-in"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!aw.log_text().contains("let-me-in"));
+
+    // Repeated failures from one address are throttled, even with the right password next.
+    for _ in 0..10 {
+        let _ = http()
+            .get(format!("{}/v2/", aw.url()))
+            .basic_auth("ci", Some("guess"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let r = http()
+        .get(format!("{}/v2/", aw.url()))
+        .basic_auth("ci", Some("let-me-in"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oci_error(r).await, (429, "TOOMANYREQUESTS".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_pulls_when_allowed_but_wrong_credentials_still_fail() {
+    let (_up, aw) = setup(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = skopeo::copy_to_oci(&format!("{}/team/app:v1", aw.host()), dir.path(), &[]);
+    assert!(out.ok, "{}", out.stderr);
+    let r = http()
+        .get(format!("{}/v2/team/app/manifests/v1", aw.url()))
+        .basic_auth("ci", Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oci_error(r).await, (401, "UNAUTHORIZED".into()));
+}
