@@ -110,6 +110,14 @@ struct RawFallback {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -235,6 +243,14 @@ pub fn split_reference(r: &str) -> Option<(&str, &str, &str)> {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// TLS on the registry listener: certificate chain and key (PEM), re-read on SIGHUP.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -497,6 +513,23 @@ impl Config {
             SocketAddr::from(([127, 0, 0, 1], 5000))
         });
 
+        let tls = raw.server.tls.and_then(|t| {
+            let (Some(cert), Some(key)) = (t.cert, t.key) else {
+                errs.push("server.tls", "needs both cert and key");
+                return None;
+            };
+            let files = TlsFiles {
+                cert: resolve(base, &cert),
+                key: resolve(base, &key),
+            };
+            match crate::http::tls::load_certified_key(&files.cert, &files.key) {
+                Ok(_) => Some(files),
+                Err(e) => {
+                    errs.push("server.tls", e);
+                    None
+                }
+            }
+        });
         let url = storage_url(
             &mut errs,
             raw.storage.url.as_deref().unwrap_or(DEFAULT_STORAGE),
@@ -829,7 +862,7 @@ impl Config {
         }
         Ok(Config {
             source: source.to_string(),
-            server: ServerConfig { listen },
+            server: ServerConfig { listen, tls },
             storage: StorageConfig { url, s3, spool_dir },
             cache: CacheConfig {
                 tag_ttl,

@@ -52,12 +52,40 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .map_err(|e| format!("admin.listen: cannot listen on {admin}: {e}"))?;
         tokio::spawn(http::admin::serve(l, registry.clone()));
     }
+    let tls = match &registry.config.server.tls {
+        None => None,
+        Some(files) => {
+            let certs = Arc::new(http::tls::CertReloader::new(&files.cert, &files.key)?);
+            watch_sighup(certs.clone());
+            Some(http::tls::acceptor(certs)?)
+        }
+    };
     tracing::info!(
+        tls = tls.is_some(),
         listen = %listener.local_addr().map_err(|e| e.to_string())?,
         storage = %registry.config.storage.url,
         upstreams = registry.upstreams.len(),
         "archway is serving"
     );
-    http::serve(listener, registry, shutdown).await;
+    http::serve(listener, registry, tls, shutdown).await;
     Ok(())
+}
+
+/// Re-reads the TLS certificate on SIGHUP; a bad new one is logged and the old one kept.
+fn watch_sighup(certs: Arc<http::tls::CertReloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: certificate reload disabled");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match certs.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the old one")
+                }
+            }
+        }
+    });
 }

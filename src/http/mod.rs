@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod endpoint;
 pub mod handlers;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -33,6 +34,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<Registry>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -57,13 +59,35 @@ pub async fn serve(
             let registry = registry.clone();
             async move { Ok::<_, Infallible>(respond(&registry, req, peer).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, not the accept loop.
+                let (acceptor, builder) = (acceptor.clone(), builder.clone());
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match acceptor.accept(stream).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     tokio::select! {

@@ -15,3 +15,4 @@ mod pull;
 mod routing;
 mod s3;
 mod tags;
+mod tls;

@@ -10,6 +10,7 @@ use super::{free_port, wait_ready};
 
 pub struct Archway {
     pub port: u16,
+    pub tls: bool,
     pub dir: TempDir,
     pub config: PathBuf,
     pub log: PathBuf,
@@ -45,6 +46,8 @@ pub struct Settings {
     pub storage_url: Option<String>,
     /// Each upstream's `read_timeout`.
     pub read_timeout: String,
+    /// `[server.tls]` certificate and key files.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub extra: String,
 }
 
@@ -57,6 +60,7 @@ impl Settings {
             serve_stale: true,
             storage_url: None,
             read_timeout: "5s".into(),
+            tls: None,
             extra: String::new(),
         }
     }
@@ -67,8 +71,16 @@ pub fn render(settings: &Settings, dir: &Path, port: u16) -> String {
         .storage_url
         .clone()
         .unwrap_or_else(|| format!("file://{}", dir.join("cache").display()));
+    let tls = match &settings.tls {
+        Some((cert, key)) => format!(
+            "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        None => String::new(),
+    };
     let mut s = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[storage]\nurl = \"{storage}\"\nspool_dir = \"{}\"\n\n[cache]\ntag_ttl = \"{}\"\nserve_stale = {}\n\n",
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{tls}\n[storage]\nurl = \"{storage}\"\nspool_dir = \"{}\"\n\n[cache]\ntag_ttl = \"{}\"\nserve_stale = {}\n\n",
         dir.join("spool").display(),
         settings.tag_ttl,
         settings.serve_stale
@@ -117,6 +129,7 @@ impl Archway {
         std::fs::write(&config, render(settings, dir.path(), port)).expect("write config");
         let mut a = Archway {
             port,
+            tls: settings.tls.is_some(),
             log: dir.path().join("archway.log"),
             config,
             dir,
@@ -150,7 +163,12 @@ impl Archway {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn host(&self) -> String {

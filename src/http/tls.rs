@@ -1,0 +1,78 @@
+//! TLS on the registry listener (rustls, HTTP/2 by ALPN), with the certificate re-read on
+//! SIGHUP so a renewed certificate takes effect without a restart or dropped connections.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::crypto::ring;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+
+/// Serves the current certificate; [`CertReloader::reload`] swaps it atomically.
+#[derive(Debug)]
+pub struct CertReloader {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+/// Reads a PEM certificate chain and private key into a signing key.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let cert_pem = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate", cert.display()));
+    }
+    let key_pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let private = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| format!("{}: {e}", key.display()))?
+        .ok_or_else(|| format!("{}: no PEM private key", key.display()))?;
+    let signing = ring::default_provider()
+        .key_provider
+        .load_private_key(private)
+        .map_err(|e| format!("{}: {e}", key.display()))?;
+    Ok(CertifiedKey::new(certs, signing))
+}
+
+impl CertReloader {
+    pub fn new(cert: &Path, key: &Path) -> Result<CertReloader, String> {
+        let ck = load_certified_key(cert, key)?;
+        Ok(CertReloader {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            current: RwLock::new(Arc::new(ck)),
+        })
+    }
+
+    /// Re-reads the files; on error the old certificate stays in use.
+    pub fn reload(&self) -> Result<(), String> {
+        let ck = load_certified_key(&self.cert, &self.key)?;
+        let mut cur = self
+            .current
+            .write()
+            .map_err(|_| "certificate lock poisoned")?;
+        *cur = Arc::new(ck);
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertReloader {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+}
+
+/// A TLS acceptor offering h2 and http/1.1 by ALPN. The ring provider is named explicitly:
+/// more than one rustls provider is linked into the binary.
+pub fn acceptor(certs: Arc<CertReloader>) -> Result<TlsAcceptor, String> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
