@@ -67,7 +67,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         upstreams = registry.upstreams.len(),
         "archway is serving"
     );
-    http::serve(listener, registry, tls, shutdown).await;
+    http::serve(listener, registry.clone(), tls, shutdown).await;
+    // Fills are tasks of their own: give the ones in flight the same grace to finish, so a
+    // restart does not throw away half-fetched layers.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while registry.fills_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 

@@ -16,6 +16,9 @@ use super::handlers::{error_response, full};
 use super::Body;
 use crate::registry::Registry;
 
+/// How long `/readyz` waits for the object store.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -45,11 +48,18 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
 async fn handle<B>(registry: &Registry, req: &Request<B>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
-        "/readyz" => match registry.store.probe().await {
-            Ok(()) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
-            Err(e) => text(
+        // Bounded: object_store retries a failing backend for minutes, and a probe that
+        // hangs is as good as a failed one.
+        "/readyz" => match tokio::time::timeout(READY_TIMEOUT, registry.store.probe()).await {
+            Ok(Ok(())) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+            Ok(Err(e)) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("object store not answering: {e}\n"),
+                "text/plain",
+            ),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("object store did not answer within {READY_TIMEOUT:?}\n"),
                 "text/plain",
             ),
         },

@@ -28,6 +28,10 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 const BYTES: HeaderValue = HeaderValue::from_static("bytes");
 
+/// Where a response's bytes came from, for the access log (`cache` or `upstream`).
+#[derive(Clone, Copy, Debug)]
+pub struct Served(pub &'static str);
+
 /// A route label for metrics and logs: bounded cardinality, never the repository name.
 pub fn route_label(path: &str) -> &'static str {
     match endpoint::parse(path) {
@@ -234,8 +238,10 @@ async fn blob<B>(
         Some(r) => Some(r.end - r.start),
         None => body.size,
     };
+    let served = Served(body.source.as_str());
     let stream = body.stream.map_ok(Frame::data);
     let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
+    r.extensions_mut().insert(served);
     let h = r.headers_mut();
     if let Some(len) = len {
         h.insert(CONTENT_LENGTH, HeaderValue::from(len));

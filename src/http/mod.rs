@@ -104,7 +104,11 @@ async fn respond(
     peer: std::net::SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
-    let resp = handlers::handle(registry, &req, peer.ip()).await;
+    let id = request_id();
+    let mut resp = handlers::handle(registry, &req, peer.ip()).await;
+    if let Ok(v) = http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
     let elapsed = started.elapsed();
     let route = handlers::route_label(req.uri().path());
     let m = &registry.metrics;
@@ -116,13 +120,26 @@ async fn respond(
         .observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "archway::access",
+        id = %id,
         peer = %peer,
         method = %req.method(),
         path = %req.uri(),
         status = resp.status().as_u16(),
         bytes = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-"),
         ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+        cache = resp.extensions().get::<handlers::Served>().map_or("-", |s| s.0),
         "request"
     );
     resp
+}
+
+/// A request id unique across restarts and replicas without a syscall per request: a random
+/// per-process prefix and a counter.
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }

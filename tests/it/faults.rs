@@ -245,3 +245,74 @@ async fn bearer_token_flow_and_cdn_redirect_without_credentials() {
         "secret in log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_transfers_and_fills_finish() {
+    let data = random_bytes(unique_seed(), 1_000_000);
+    let digest = crate::support::images::sha256(&data);
+    let port = crate::support::fake::trickle_server(
+        data.clone(),
+        10,
+        std::time::Duration::from_millis(100),
+    )
+    .await;
+    let mut aw = Archway::start(&Settings::single(&format!("http://127.0.0.1:{port}"))).await;
+    let r = http()
+        .get(format!("{}/v2/slow/app/blobs/{digest}", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The transfer is under way (headers are here, the body takes about a second): stop.
+    let cache = aw.cache_dir();
+    let stopper = std::thread::spawn(move || {
+        let clean = aw.terminate();
+        (clean, aw) // keeps its directory alive for the check below
+    });
+    assert_eq!(
+        r.bytes().await.unwrap(),
+        data,
+        "the in-flight response completed"
+    );
+    let (clean, _aw) = stopper.join().unwrap();
+    assert!(clean, "archway exited cleanly after SIGTERM");
+    let hex = digest.trim_start_matches("sha256:");
+    assert!(
+        cache
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .exists(),
+        "the fill finished and the blob is cached"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_fills_whose_client_went_away() {
+    let data = random_bytes(unique_seed(), 1_000_000);
+    let digest = crate::support::images::sha256(&data);
+    let port = crate::support::fake::trickle_server(
+        data.clone(),
+        10,
+        std::time::Duration::from_millis(100),
+    )
+    .await;
+    let mut aw = Archway::start(&Settings::single(&format!("http://127.0.0.1:{port}"))).await;
+    let r = http()
+        .get(format!("{}/v2/slow/app/blobs/{digest}", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(r); // the client gives up; the fill goes on without it
+    assert!(aw.terminate(), "archway exited cleanly after SIGTERM");
+    let hex = digest.trim_start_matches("sha256:");
+    assert!(
+        aw.cache_dir()
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .exists(),
+        "shutdown waited for the fill, and the blob is cached"
+    );
+}

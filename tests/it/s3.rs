@@ -76,3 +76,26 @@ async fn an_upload_cut_midway_leaves_nothing_in_the_bucket() {
     );
     assert_eq!(s3.keys("mirror", "cache/").await, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_not_ready_when_the_bucket_stops_answering() {
+    let s3 = S3::start("mirror").await;
+    let up = Upstream::start().await;
+    let admin = crate::support::free_port();
+    let mut settings = settings(&up.url(), &s3);
+    settings
+        .extra
+        .push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+    let aw = Archway::start(&settings).await;
+    let readyz = format!("http://127.0.0.1:{admin}/readyz");
+    assert_eq!(http().get(&readyz).send().await.unwrap().status(), 200);
+    drop(s3);
+    assert_eq!(http().get(&readyz).send().await.unwrap().status(), 503);
+    let healthz = format!("http://127.0.0.1:{admin}/healthz");
+    assert_eq!(
+        http().get(&healthz).send().await.unwrap().status(),
+        200,
+        "alive all the same"
+    );
+    drop(aw);
+}

@@ -199,6 +199,17 @@ impl Archway {
         self.dir.path().join("cache")
     }
 
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
     /// Stops the process and hands back its directory (cache included) for a restart.
     pub fn stop(mut self) -> TempDir {
         self.kill();

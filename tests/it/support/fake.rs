@@ -216,3 +216,38 @@ async fn partial_server(len: usize, prefix: Vec<u8>, stall: bool) -> u16 {
     });
     port
 }
+
+/// A raw TCP upstream that sends `body` in `pieces` parts with `gap` between them: a slow
+/// network, so a transfer is still running when a test acts on the mirror.
+pub async fn trickle_server(body: Vec<u8>, pieces: usize, gap: std::time::Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut b = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                for part in body.chunks(body.len().div_ceil(pieces)) {
+                    if s.write_all(part).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(gap).await;
+                }
+            });
+        }
+    });
+    port
+}
