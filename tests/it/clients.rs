@@ -14,6 +14,19 @@ use crate::support::registry::Upstream;
 use crate::support::{random_bytes, unique_seed};
 
 const REPO: &str = "thinklab/go-hello-world";
+
+/// Runs a client command: success, stdout, stderr.
+fn run(mut cmd: Command) -> (bool, String, String) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} (make test installs the clients): {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 const DEPLOY_ADDR: &str = "127.0.0.1:5000";
 
 fn deploy(rel: &str) -> PathBuf {
@@ -154,17 +167,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     fn ctr(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("ctr")
-            .arg("--address")
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
             .arg(self.dir.path().join("containerd.sock"))
-            .args(args)
-            .output()
-            .expect("ctr");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .args(args);
+        run(cmd)
     }
 
     /// The architecture in the image config that namespace `ns` holds.
@@ -387,19 +394,14 @@ impl Dockerd {
     }
 
     fn docker(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("/usr/bin/docker")
-            .env(
-                "DOCKER_HOST",
-                format!("unix://{}", self.dir.path().join("docker.sock").display()),
-            )
-            .args(args)
-            .output()
-            .expect("docker client");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        // Debian's client, matching the daemon (a newer one may be first on PATH).
+        let mut cmd = Command::new("/usr/bin/docker");
+        cmd.env(
+            "DOCKER_HOST",
+            format!("unix://{}", self.dir.path().join("docker.sock").display()),
         )
+        .args(args);
+        run(cmd)
     }
 }
 
@@ -504,17 +506,9 @@ fn podman_env(dir: &Path, registries: &Path) -> Vec<(String, String)> {
 }
 
 fn podman(env: &[(String, String)], args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("podman")
-        .args(args)
-        .envs(env.iter().cloned())
-        .stdin(Stdio::null())
-        .output()
-        .expect("podman must be installed (make test installs it)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut cmd = Command::new("podman");
+    cmd.args(args).envs(env.iter().cloned());
+    run(cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,19 +566,13 @@ async fn podman_pulls_through_registries_conf_mirrors() {
 // === buildah: the tutorial's workflow ===
 
 fn buildah(env: &[(String, String)], args: &[&str]) -> String {
-    let out = Command::new("buildah")
-        .args(args)
+    let mut cmd = Command::new("buildah");
+    cmd.args(args)
         .envs(env.iter().cloned())
-        .env("BUILDAH_ISOLATION", "chroot")
-        .stdin(Stdio::null())
-        .output()
-        .expect("buildah must be installed (make test installs it)");
-    assert!(
-        out.status.success(),
-        "buildah {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+        .env("BUILDAH_ISOLATION", "chroot");
+    let (ok, out, err) = run(cmd);
+    assert!(ok, "buildah {args:?}: {err}");
+    out.trim().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

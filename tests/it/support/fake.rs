@@ -186,14 +186,8 @@ async fn partial_server(len: usize, prefix: Vec<u8>, stall: bool) -> u16 {
             };
             let prefix = prefix.clone();
             tokio::spawn(async move {
-                // Read the request head.
-                let mut buf = Vec::new();
-                let mut b = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&b[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let head = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
@@ -220,7 +214,7 @@ async fn partial_server(len: usize, prefix: Vec<u8>, stall: bool) -> u16 {
 /// A raw TCP upstream that sends `body` in `pieces` parts with `gap` between them: a slow
 /// network, so a transfer is still running when a test acts on the mirror.
 pub async fn trickle_server(body: Vec<u8>, pieces: usize, gap: std::time::Duration) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move {
@@ -230,13 +224,8 @@ pub async fn trickle_server(body: Vec<u8>, pieces: usize, gap: std::time::Durati
             };
             let body = body.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut b = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&b[..n]),
-                    }
+                if !read_request_head(&mut s).await {
+                    return;
                 }
                 let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
                 let _ = s.write_all(head.as_bytes()).await;
@@ -250,4 +239,18 @@ pub async fn trickle_server(body: Vec<u8>, pieces: usize, gap: std::time::Durati
         }
     });
     port
+}
+
+/// Reads one request's head; false when the client went away first.
+async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&b[..n]),
+        }
+    }
+    true
 }
