@@ -284,7 +284,18 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
         "quay.io/org/app:v1",
     ]);
     assert!(ok, "quay.io: {err}");
-    // One upstream fetch for both names: quay.io and ghcr.io share that upstream's cache.
+    // ghcr.io through its own hosts.toml as well.
+    let (ok, _, err) = c.ctr(&[
+        "-n",
+        "ghcr",
+        "images",
+        "pull",
+        "--hosts-dir",
+        &hosts_dir,
+        "ghcr.io/org/app:v1",
+    ]);
+    assert!(ok, "ghcr.io: {err}");
+    // One upstream fetch for all three pulls: quay.io and ghcr.io share that upstream's cache.
     assert_eq!(f.quay.count("GET", "/v2/org/app/manifests/v1"), 1);
     let (ok, out, _) = c.ctr(&["-n", "quay", "images", "ls", "-q"]);
     assert!(ok && out.contains("quay.io/org/app:v1"));
