@@ -176,64 +176,70 @@ pub async fn stall_server(len: usize, prefix: Vec<u8>) -> u16 {
 }
 
 async fn partial_server(len: usize, prefix: Vec<u8>, stall: bool) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                continue;
-            };
-            let prefix = prefix.clone();
-            tokio::spawn(async move {
-                if !read_request_head(&mut s).await {
-                    return;
-                }
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
-                );
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(&prefix).await;
-                if stall {
-                    // Hold the connection until the client gives up on it.
-                    let mut sink = [0u8; 64];
-                    while let Ok(n) = s.read(&mut sink).await {
-                        if n == 0 {
-                            break;
-                        }
+    raw_server(move |mut s| {
+        let prefix = prefix.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&prefix).await;
+            if stall {
+                // Hold the connection until the client gives up on it.
+                let mut sink = [0u8; 64];
+                while let Ok(n) = s.read(&mut sink).await {
+                    if n == 0 {
+                        break;
                     }
-                    return;
                 }
-                let _ = s.shutdown().await;
-            });
+                return;
+            }
+            let _ = s.shutdown().await;
         }
-    });
-    port
+    })
+    .await
 }
 
 /// A raw TCP upstream that sends `body` in `pieces` parts with `gap` between them: a slow
 /// network, so a transfer is still running when a test acts on the mirror.
 pub async fn trickle_server(body: Vec<u8>, pieces: usize, gap: std::time::Duration) -> u16 {
-    use tokio::io::AsyncWriteExt;
+    raw_server(move |mut s| {
+        let body = body.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = s.write_all(head.as_bytes()).await;
+            for part in body.chunks(body.len().div_ceil(pieces)) {
+                if s.write_all(part).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(gap).await;
+            }
+        }
+    })
+    .await
+}
+
+/// A loopback listener that reads each request's head, then hands the connection to
+/// `respond`, which writes whatever (mis)behaviour the test needs.
+async fn raw_server<F, Fut>(respond: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let respond = Arc::new(respond);
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else {
                 continue;
             };
-            let body = body.clone();
+            let respond = respond.clone();
             tokio::spawn(async move {
-                if !read_request_head(&mut s).await {
-                    return;
-                }
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                let _ = s.write_all(head.as_bytes()).await;
-                for part in body.chunks(body.len().div_ceil(pieces)) {
-                    if s.write_all(part).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(gap).await;
+                if read_request_head(&mut s).await {
+                    respond(s).await;
                 }
             });
         }
