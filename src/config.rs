@@ -126,6 +126,9 @@ struct RawStorage {
     url: Option<String>,
     spool_dir: Option<String>,
     s3: Option<RawS3>,
+    max_size: Option<String>,
+    gc_interval: Option<String>,
+    gc_min_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -266,7 +269,7 @@ pub enum StorageUrl {
 /// S3 settings beyond what `AmazonS3Builder::from_env` reads from the environment
 /// (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, ...); a value
 /// set here wins over the environment.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct S3Config {
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -302,12 +305,37 @@ impl fmt::Display for StorageUrl {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
     pub url: StorageUrl,
     pub s3: S3Config,
     /// Where in-flight blob fills are spooled for concurrent readers.
     pub spool_dir: PathBuf,
+    /// The bounded cache: how large it may grow and how eviction runs.
+    pub gc: GcConfig,
+}
+
+/// `[storage] max_size`, `gc_interval`, `gc_min_age`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcConfig {
+    /// Bytes of content (blobs and manifests) the cache may hold; `None`: unbounded.
+    pub max_size: Option<u64>,
+    /// How often a replica compares the cache's size with `max_size`. Writes that push the
+    /// size over it start a run sooner.
+    pub interval: Duration,
+    /// What was used more recently than this is never evicted, whatever the size: it covers
+    /// pulls in progress and access times other replicas have not written out yet.
+    pub min_age: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> GcConfig {
+        GcConfig {
+            max_size: None,
+            interval: DEFAULT_GC_INTERVAL,
+            min_age: DEFAULT_GC_MIN_AGE,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -350,6 +378,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 const DEFAULT_STORAGE: &str = "file://./data";
 const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
 const DEFAULT_MEMORY: u64 = 256 * 1024 * 1024;
+const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(600);
+const DEFAULT_GC_MIN_AGE: Duration = Duration::from_secs(600);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -377,6 +407,21 @@ fn duration(errs: &mut Errors, key: &str, v: Option<&str>, default: Duration) ->
                 default
             }
         },
+    }
+}
+
+/// A byte size such as `"200GiB"` or `"512MB"`.
+fn size(errs: &mut Errors, key: &str, v: Option<&str>) -> Option<u64> {
+    let s = v?;
+    match s.parse::<bytesize::ByteSize>() {
+        Ok(b) => Some(b.as_u64()),
+        Err(e) => {
+            errs.push(
+                key,
+                format!("bad size {s:?}: {e} (e.g. \"256MiB\", \"200GiB\")"),
+            );
+            None
+        }
     }
 }
 
@@ -566,19 +611,33 @@ impl Config {
             raw.cache.tag_ttl.as_deref(),
             DEFAULT_TAG_TTL,
         );
-        let memory = match raw.cache.memory.as_deref() {
-            None => DEFAULT_MEMORY,
-            Some(s) => match s.parse::<bytesize::ByteSize>() {
-                Ok(b) => b.as_u64(),
-                Err(e) => {
-                    errs.push(
-                        "cache.memory",
-                        format!("bad size {s:?}: {e} (e.g. \"256MiB\")"),
-                    );
-                    DEFAULT_MEMORY
-                }
-            },
+        let memory =
+            size(&mut errs, "cache.memory", raw.cache.memory.as_deref()).unwrap_or(DEFAULT_MEMORY);
+        let gc = GcConfig {
+            max_size: size(
+                &mut errs,
+                "storage.max_size",
+                raw.storage.max_size.as_deref(),
+            ),
+            interval: duration(
+                &mut errs,
+                "storage.gc_interval",
+                raw.storage.gc_interval.as_deref(),
+                DEFAULT_GC_INTERVAL,
+            ),
+            min_age: duration(
+                &mut errs,
+                "storage.gc_min_age",
+                raw.storage.gc_min_age.as_deref(),
+                DEFAULT_GC_MIN_AGE,
+            ),
         };
+        if gc.max_size == Some(0) {
+            errs.push("storage.max_size", "must be more than 0 bytes");
+        }
+        if gc.interval < Duration::from_secs(1) {
+            errs.push("storage.gc_interval", "must be at least 1s");
+        }
 
         if raw.upstream.is_empty() {
             errs.push(
@@ -863,7 +922,12 @@ impl Config {
         Ok(Config {
             source: source.to_string(),
             server: ServerConfig { listen, tls },
-            storage: StorageConfig { url, s3, spool_dir },
+            storage: StorageConfig {
+                url,
+                s3,
+                spool_dir,
+                gc,
+            },
             cache: CacheConfig {
                 tag_ttl,
                 serve_stale: raw.cache.serve_stale.unwrap_or(true),
@@ -961,6 +1025,44 @@ username = "u"
         assert!(dup.reason.contains("duplicate host"), "{}", dup.reason);
         let ttl = e.iter().find(|e| e.key == "cache.tag_ttl").unwrap();
         assert!(ttl.reason.contains("bad duration"));
+    }
+
+    #[test]
+    fn bounded_cache_settings() {
+        let c = Config::from_toml(
+            &format!(
+                "[storage]\nurl = \"memory://\"\nmax_size = \"200GiB\"\ngc_interval = \"1m\"\ngc_min_age = \"0s\"\n{UP}"
+            ),
+            "t",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage.gc,
+            GcConfig {
+                max_size: Some(200 << 30),
+                interval: Duration::from_secs(60),
+                min_age: Duration::ZERO,
+            }
+        );
+        assert_eq!(Config::embedded().storage.gc.max_size, None);
+        let e = errors(&format!(
+            "[storage]\nmax_size = \"lots\"\ngc_interval = \"0s\"\ngc_min_age = \"soon\"\n{UP}"
+        ));
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "storage.max_size",
+                "storage.gc_min_age",
+                "storage.gc_interval"
+            ],
+            "{e:?}"
+        );
+        assert!(e[0].reason.contains("bad size \"lots\""), "{}", e[0].reason);
+        assert!(e[2].reason.contains("at least 1s"), "{}", e[2].reason);
+        let e = errors(&format!("[storage]\nmax_size = \"0\"\n{UP}"));
+        assert_eq!(e[0].key, "storage.max_size");
     }
 
     #[test]

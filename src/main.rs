@@ -1,4 +1,4 @@
-//! The `archway` command: `serve`, `check-config`.
+//! The `archway` command: `serve`, `check-config`, `inspect`, `gc`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,6 +37,18 @@ enum Command {
     CheckConfig {
         /// Config file to check.
         config: PathBuf,
+    },
+    /// Bring the cache under storage.max_size now, evicting the least recently used images.
+    Gc {
+        /// Config file. Default: as for `serve`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print what would be evicted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Size to bring the cache under instead of storage.max_size, e.g. "50GiB".
+        #[arg(long)]
+        max_size: Option<String>,
     },
     /// Show how a tag resolves platform by platform, and the index digest archway serves.
     Inspect {
@@ -87,14 +99,85 @@ fn inspect(config: Config, reference: &str, json: bool) -> Result<(), String> {
     Ok(())
 }
 
+fn gc(config: Config, dry_run: bool, max_size: Option<&str>) -> Result<bool, String> {
+    use archway::gc::human_bytes;
+    let max = match max_size {
+        Some(s) => s
+            .parse::<bytesize::ByteSize>()
+            .map_err(|e| format!("--max-size {s:?}: {e}"))?
+            .as_u64(),
+        None => config.storage.gc.max_size.ok_or_else(|| {
+            format!(
+                "{}: storage.max_size is not set; set it or pass --max-size",
+                config.source
+            )
+        })?,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let r = rt.block_on(async {
+        let shared = archway::registry::Shared::open(&config.storage)?;
+        let collector = shared.collector(&config.storage);
+        collector
+            .run(max, dry_run)
+            .await
+            .map_err(|e| format!("{}: {e}", config.storage.url))
+    })?;
+    let p = &r.plan;
+    println!(
+        "cache {}: {} in {} objects; max_size {}",
+        config.storage.url,
+        human_bytes(p.size_before),
+        r.objects,
+        human_bytes(max)
+    );
+    for (root, used) in &p.roots {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*used);
+        println!(
+            "evict {root}  last used {}",
+            humantime::format_rfc3339_seconds(when)
+        );
+    }
+    let manifests = p.roots.len();
+    let objects = p.content.len();
+    let verb = if dry_run { "would free" } else { "freed" };
+    println!(
+        "{verb} {} ({manifests} manifest links, {objects} objects); cache {} {}",
+        human_bytes(p.freed()),
+        if dry_run { "would be" } else { "is now" },
+        human_bytes(p.size_after)
+    );
+    if p.size_after > max {
+        println!(
+            "still over max_size: everything left was used within storage.gc_min_age ({})",
+            humantime::format_duration(config.storage.gc.min_age)
+        );
+    }
+    if r.errors > 0 {
+        eprintln!(
+            "error: {} deletions failed (see the log); run again",
+            r.errors
+        );
+    }
+    Ok(r.errors == 0)
+}
+
 const DEFAULT_CONFIG_PATH: &str = "config/archway.toml";
 
-fn load(path: Option<&Path>) -> Result<Config, String> {
+/// The config to use and the file it came from (`None`: the embedded default).
+fn config_path(path: Option<&Path>) -> Option<PathBuf> {
     match path {
-        Some(p) => Config::load(p).map_err(|e| e.to_string()),
-        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
-            Config::load(Path::new(DEFAULT_CONFIG_PATH)).map_err(|e| e.to_string())
-        }
+        Some(p) => Some(p.to_path_buf()),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => Some(DEFAULT_CONFIG_PATH.into()),
+        None => None,
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<Config, String> {
+    match config_path(path) {
+        Some(p) => Config::load(&p).map_err(|e| e.to_string()),
         None => Ok(Config::embedded()),
     }
 }
@@ -158,6 +241,21 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Gc {
+            config,
+            dry_run,
+            max_size,
+        } => {
+            init_logging(cli.log_format);
+            match load(config.as_deref()).and_then(|c| gc(c, dry_run, max_size.as_deref())) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Inspect {
             config,
             json,
@@ -175,7 +273,8 @@ fn main() -> ExitCode {
         }
         Command::Serve { config } => {
             init_logging(cli.log_format);
-            let config = match load(config.as_deref()) {
+            let config_arg = config;
+            let config = match load(config_arg.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -192,7 +291,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(archway::run(config, shutdown_signal())) {
+            let path = config_path(config_arg.as_deref());
+            match rt.block_on(archway::run(config, path, shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

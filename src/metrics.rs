@@ -22,6 +22,11 @@ pub struct Metrics {
     pub stale_serves: IntCounter,
     pub synthesized: IntCounter,
     pub fallbacks_refused: IntCounter,
+    pub cache_size: IntGauge,
+    pub evictions: IntCounterVec,
+    pub evicted_bytes: IntCounter,
+    pub gc_runs: IntCounterVec,
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -113,7 +118,37 @@ impl Metrics {
             "fallbacks_refused_total",
             "Fallback images left out: missing upstream, or config architecture mismatch.",
         );
+        let cache_size = IntGauge::new(
+            "cache_size_bytes",
+            "Bytes of content (blobs and manifests) in the object store: the last collection's count plus this replica's writes since (only kept when storage.max_size is set).",
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        let _ = registry.register(Box::new(cache_size.clone()));
+        let evictions = counter(
+            "cache_evictions_total",
+            "Evicted by the bounded cache: manifests unlinked from a repository, and content objects deleted.",
+            &["kind"],
+        );
+        let evicted_bytes = simple(
+            "cache_evicted_bytes_total",
+            "Bytes of content deleted by the bounded cache.",
+        );
+        let gc_runs = counter(
+            "gc_runs_total",
+            "Bounded-cache collections run by this replica.",
+            &["outcome"],
+        );
+        let config_reloads = counter(
+            "config_reloads_total",
+            "Configuration reloads on SIGHUP, applied (ok) or refused (error).",
+            &["outcome"],
+        );
         Metrics {
+            config_reloads,
+            cache_size,
+            evictions,
+            evicted_bytes,
+            gc_runs,
             synthesized,
             fallbacks_refused,
             registry,

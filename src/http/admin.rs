@@ -14,20 +14,21 @@ use tokio::net::TcpListener;
 
 use super::handlers::{error_response, full};
 use super::Body;
+use crate::live::Live;
 use crate::registry::Registry;
 
 /// How long `/readyz` waits for the object store.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+pub async fn serve(listener: TcpListener, live: Arc<Live>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let registry = registry.clone();
+        let live = live.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let registry = registry.clone();
+                let registry = live.registry();
                 async move { Ok::<_, Infallible>(handle(&registry, &req).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())

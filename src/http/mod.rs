@@ -21,7 +21,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::registry::Registry;
+use crate::live::Live;
 
 /// Response body: in-memory bytes or a stream from the cache or a fill.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
@@ -33,7 +33,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// connections finish for up to [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: TcpListener,
-    registry: Arc<Registry>,
+    live: Arc<Live>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -54,9 +54,11 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let registry = registry.clone();
+        let live = live.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let registry = registry.clone();
+            // The registry current when the request starts answers all of it, even if a
+            // reload swaps in another meanwhile.
+            let registry = live.registry();
             async move { Ok::<_, Infallible>(respond(&registry, req, peer).await) }
         });
         match &tls {
@@ -99,7 +101,7 @@ pub async fn serve(
 }
 
 async fn respond(
-    registry: &Arc<Registry>,
+    registry: &Arc<crate::registry::Registry>,
     req: Request<Incoming>,
     peer: std::net::SocketAddr,
 ) -> Response<Body> {

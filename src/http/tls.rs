@@ -12,8 +12,8 @@ use tokio_rustls::TlsAcceptor;
 /// Serves the current certificate; [`CertReloader::reload`] swaps it atomically.
 #[derive(Debug)]
 pub struct CertReloader {
-    cert: PathBuf,
-    key: PathBuf,
+    /// The certificate and key files, which a config reload may point elsewhere.
+    files: RwLock<(PathBuf, PathBuf)>,
     current: RwLock<Arc<CertifiedKey>>,
 }
 
@@ -41,20 +41,33 @@ impl CertReloader {
     pub fn new(cert: &Path, key: &Path) -> Result<CertReloader, String> {
         let ck = load_certified_key(cert, key)?;
         Ok(CertReloader {
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
+            files: RwLock::new((cert.to_path_buf(), key.to_path_buf())),
             current: RwLock::new(Arc::new(ck)),
         })
     }
 
     /// Re-reads the files; on error the old certificate stays in use.
     pub fn reload(&self) -> Result<(), String> {
-        let ck = load_certified_key(&self.cert, &self.key)?;
+        let (cert, key) = self
+            .files
+            .read()
+            .map_err(|_| "certificate lock poisoned")?
+            .clone();
+        self.reload_from(&cert, &key)
+    }
+
+    /// Switches to another certificate and key (from a reloaded config); on error the old
+    /// ones stay in use.
+    pub fn reload_from(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        let ck = load_certified_key(cert, key)?;
         let mut cur = self
             .current
             .write()
             .map_err(|_| "certificate lock poisoned")?;
         *cur = Arc::new(ck);
+        if let Ok(mut f) = self.files.write() {
+            *f = (cert.to_path_buf(), key.to_path_buf());
+        }
         Ok(())
     }
 }

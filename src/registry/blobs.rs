@@ -51,6 +51,7 @@ impl Registry {
                 self.check_upstream_has(route, d).await?;
             }
             self.metrics.cache_hits.with_label_values(&["blob"]).inc();
+            self.access.blob(d);
             return Ok(size);
         }
         let up = self.upstream(route);
@@ -79,6 +80,7 @@ impl Registry {
             };
             if let Some(stream) = self.store.read_blob(d, range.clone()).await? {
                 self.metrics.cache_hits.with_label_values(&["blob"]).inc();
+                self.access.blob(d);
                 return Ok(self.counted(BlobBody {
                     size: Some(size),
                     range,
@@ -159,6 +161,7 @@ impl Registry {
             self.metrics.fill_waiters.inc();
         }
         let size = fill.started().await.map_err(|e| (*e).clone())?;
+        self.access.blob(d);
         let (range, stream) = match (range, size) {
             (Some(spec), Some(size)) => {
                 let r = spec.resolve(size).ok_or(Error::RangeInvalid { size })?;

@@ -23,10 +23,12 @@ pub struct Manifest {
 impl Registry {
     /// The manifest `reference` names in the routed repository.
     pub async fn manifest(&self, route: &Route, reference: &Reference) -> Result<Arc<Manifest>> {
-        match reference {
+        let m = match reference {
             Reference::Tag(t) => self.manifest_by_tag(route, t).await,
             Reference::Digest(d) => self.manifest_by_digest(route, d).await,
-        }
+        }?;
+        self.note_manifest(route, &m.digest);
+        Ok(m)
     }
 
     async fn manifest_by_tag(&self, route: &Route, tag: &Tag) -> Result<Arc<Manifest>> {

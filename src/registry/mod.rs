@@ -10,9 +10,11 @@ mod multiarch;
 mod records;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, StorageConfig};
 use crate::error::{Error, Result};
+use crate::gc::{AccessLog, Collector};
 use crate::metrics::Metrics;
 use crate::multiarch::Fallbacks;
 use crate::oci::{Digest, RepoName, Tag};
@@ -29,13 +31,43 @@ use records::TagState;
 type LinkKey = (usize, RepoName, Digest);
 type TagKey = (usize, RepoName, Tag);
 
-/// Everything a running mirror serves from, built once from a [`Config`].
+/// What outlives a configuration reload: the store and its in-flight fills, the metrics, and
+/// the access times not yet written out.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Store,
+    pub metrics: Metrics,
+    pub fills: Fills,
+    pub access: Arc<AccessLog>,
+}
+
+impl Shared {
+    pub fn open(storage: &StorageConfig) -> Result<Shared, String> {
+        let store = Store::open(storage)?;
+        Ok(Shared {
+            fills: Fills::new(store.clone()),
+            store,
+            metrics: Metrics::new(),
+            access: Arc::new(AccessLog::new()),
+        })
+    }
+
+    /// The bounded cache's collector over this store.
+    pub fn collector(&self, storage: &StorageConfig) -> Collector {
+        Collector::new(self.store.clone(), storage.gc.clone(), self.access.clone())
+    }
+}
+
+/// Everything a running mirror serves from, built from a [`Config`] (again on each reload).
 pub struct Registry {
     pub config: Config,
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Upstream names, shared by the access times noted for each request.
+    upstream_names: Vec<Arc<str>>,
     pub store: Store,
     pub metrics: Metrics,
+    access: Arc<AccessLog>,
     fills: Fills,
     /// Manifest bytes by digest, weighed by size.
     manifests: moka::future::Cache<Digest, Arc<Manifest>>,
@@ -60,13 +92,30 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(config: Config, store: Store, metrics: Metrics) -> Result<Registry, String> {
+    pub fn new(config: Config, shared: &Shared) -> Result<Registry, String> {
+        let Shared {
+            store,
+            metrics,
+            fills,
+            access,
+        } = shared.clone();
         let router = Router::new(&config.upstreams);
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| Upstream::new(u, metrics.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let upstream_names = upstreams.iter().map(|u| u.name.as_str().into()).collect();
+        // With a bounded cache, another replica's collection may unlink what this one holds in
+        // memory. Forgetting links and tags within gc_min_age means nothing evicted (unused
+        // for longer than that) is still believed here; the manifest bytes themselves are
+        // only served through a link or tag, so they can stay.
+        let forget_after = config
+            .storage
+            .gc
+            .max_size
+            .map(|_| config.storage.gc.min_age.max(Duration::from_secs(1)));
+
         let manifests = moka::future::Cache::builder()
             .weigher(|_k: &Digest, m: &Arc<Manifest>| {
                 u32::try_from(m.bytes.len() + 256).unwrap_or(u32::MAX)
@@ -75,8 +124,12 @@ impl Registry {
             .build();
         let fallbacks = Fallbacks::new(&config, &router);
         let mut synth = moka::future::Cache::builder().max_capacity(100_000);
-        if !config.cache.tag_ttl.is_zero() {
-            synth = synth.time_to_live(config.cache.tag_ttl);
+        let synth_ttl = match forget_after {
+            Some(t) => t.min(config.cache.tag_ttl),
+            None => config.cache.tag_ttl,
+        };
+        if !synth_ttl.is_zero() {
+            synth = synth.time_to_live(synth_ttl);
         }
         let auth = config
             .auth
@@ -89,13 +142,15 @@ impl Registry {
             synth_flights: Default::default(),
             router,
             upstreams,
-            fills: Fills::new(store.clone()),
+            upstream_names,
+            access,
+            fills,
             store,
             metrics,
             manifests,
-            tags: moka::future::Cache::new(1_000_000),
-            manifest_links: moka::future::Cache::new(1_000_000),
-            blob_links: moka::future::Cache::new(4_000_000),
+            tags: bounded(1_000_000, forget_after),
+            manifest_links: bounded(1_000_000, forget_after),
+            blob_links: bounded(4_000_000, forget_after),
             blob_sizes: moka::future::Cache::new(4_000_000),
             tag_flights: Default::default(),
             digest_flights: Default::default(),
@@ -155,9 +210,40 @@ impl Registry {
         Ok(paginate(page, &route.repo, n, last))
     }
 
+    /// Drops in-memory state that may name what a collection just deleted.
+    pub async fn forget_evicted(&self, report: &crate::gc::Report) {
+        self.tags.invalidate_all();
+        self.manifest_links.invalidate_all();
+        self.blob_links.invalidate_all();
+        self.synth.invalidate_all();
+        for (d, _) in &report.plan.content {
+            self.manifests.invalidate(d).await;
+            self.blob_sizes.invalidate(d).await;
+        }
+    }
+
+    /// Notes that `digest` was served for the routed repository (for the bounded cache).
+    fn note_manifest(&self, route: &Route, digest: &Digest) {
+        self.access
+            .manifest(&self.upstream_names[route.upstream], &route.repo, digest);
+    }
+
     /// Number of blob fills in flight (for tests and metrics).
     pub fn fills_in_flight(&self) -> usize {
         self.fills.len()
+    }
+}
+
+/// An in-memory cache of `max` entries, each forgotten `ttl` after it was written.
+fn bounded<K, V>(max: u64, ttl: Option<Duration>) -> moka::future::Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    let b = moka::future::Cache::builder().max_capacity(max);
+    match ttl {
+        Some(t) => b.time_to_live(t).build(),
+        None => b.build(),
     }
 }
 

@@ -163,7 +163,9 @@ impl Registry {
         if self.fallbacks.for_route(route).is_none() {
             return self.manifest(route, &Reference::Tag(tag.clone())).await;
         }
-        Ok(self.resolve(route, tag).await?.manifest.clone())
+        let m = self.resolve(route, tag).await?.manifest.clone();
+        self.note_manifest(route, &m.digest);
+        Ok(m)
     }
 
     /// Resolves a tag platform by platform (synthesizing when a rule applies), cached for the

@@ -6,6 +6,7 @@
 //! repositories/<upstream>/<repo>/_manifests/<alg>/<hex>      manifest link: {mediaType, size}
 //! repositories/<upstream>/<repo>/_tags/<tag>                 tag record: {digest, mediaType, size, checkedAt}
 //! repositories/<upstream>/<repo>/_blobs/<alg>/<hex>          blob link: {size}
+//! access/<epoch millis>-<replica>.json                       access times, written in batches
 //! ```
 //! Repository components start with `[a-z0-9]`, so the `_`-prefixed directories can never
 //! collide with a repository name.
@@ -13,6 +14,10 @@
 use object_store::path::Path;
 
 use crate::oci::{Digest, RepoName, Tag};
+
+pub const BLOBS: &str = "blobs";
+pub const REPOSITORIES: &str = "repositories";
+pub const ACCESS: &str = "access";
 
 pub fn blob(d: &Digest) -> Path {
     let hex = d.hex();
@@ -50,6 +55,69 @@ pub fn tag(upstream: &str, repo: &RepoName, tag: &Tag) -> Path {
     Path::from(format!("{}/_tags/{}", repo_prefix(upstream, repo), tag))
 }
 
+/// A batch of access times written by one replica at one moment.
+pub fn access_journal(millis: u64, replica: &str) -> Path {
+    Path::from(format!("{ACCESS}/{millis:013}-{replica}.json"))
+}
+
+/// The digest a `blobs/` key holds, or `None` for a key outside the layout.
+pub fn parse_blob(p: &Path) -> Option<Digest> {
+    let mut parts = p.as_ref().split('/');
+    let (Some(BLOBS), Some(alg), Some(_), Some(hex), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    format!("{alg}:{hex}").parse().ok()
+}
+
+/// What a key under `repositories/` records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoEntry {
+    pub upstream: String,
+    pub repo: RepoName,
+    pub kind: RepoEntryKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepoEntryKind {
+    Manifest(Digest),
+    Blob(Digest),
+    Tag(Tag),
+}
+
+/// Reads a `repositories/` key back into what it names; `None` for anything else.
+pub fn parse_repository(p: &Path) -> Option<RepoEntry> {
+    let parts: Vec<&str> = p.as_ref().split('/').collect();
+    if parts.first() != Some(&REPOSITORIES) || parts.len() < 5 {
+        return None;
+    }
+    let upstream = parts[1].to_string();
+    let i = parts.iter().skip(2).position(|c| c.starts_with('_'))? + 2;
+    let repo: RepoName = parts[2..i].join("/").parse().ok()?;
+    let digest = || -> Option<Digest> {
+        match &parts[i + 1..] {
+            [alg, hex] => format!("{alg}:{hex}").parse().ok(),
+            _ => None,
+        }
+    };
+    let kind = match parts[i] {
+        "_manifests" => RepoEntryKind::Manifest(digest()?),
+        "_blobs" => RepoEntryKind::Blob(digest()?),
+        "_tags" if parts.len() == i + 2 => RepoEntryKind::Tag(parts[i + 1].parse().ok()?),
+        _ => return None,
+    };
+    Some(RepoEntry {
+        upstream,
+        repo,
+        kind,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +140,44 @@ mod tests {
         assert!(blob_link("hub", &r, &d)
             .as_ref()
             .starts_with("repositories/hub/library/alpine/_blobs/sha256/"));
+    }
+
+    #[test]
+    fn keys_read_back() {
+        let d = Digest::sha256_of(b"x");
+        let r: RepoName = "a/b/c".parse().unwrap();
+        let t: Tag = "v1.0".parse().unwrap();
+        assert_eq!(parse_blob(&blob(&d)), Some(d.clone()));
+        assert_eq!(parse_blob(&Path::from("blobs/sha256/zz")), None);
+        for (key, kind) in [
+            (
+                manifest_link("up", &r, &d),
+                RepoEntryKind::Manifest(d.clone()),
+            ),
+            (blob_link("up", &r, &d), RepoEntryKind::Blob(d.clone())),
+            (tag("up", &r, &t), RepoEntryKind::Tag(t.clone())),
+        ] {
+            assert_eq!(
+                parse_repository(&key),
+                Some(RepoEntry {
+                    upstream: "up".into(),
+                    repo: r.clone(),
+                    kind
+                }),
+                "{key}"
+            );
+        }
+        for bad in [
+            "repositories/up/a/_manifests/sha256",
+            "repositories/up/_tags/x",
+            "repositories/up/a/_other/x",
+            "blobs/sha256/aa/bb",
+        ] {
+            assert_eq!(parse_repository(&Path::from(bad)), None, "{bad}");
+        }
+        assert_eq!(
+            access_journal(42, "r1").as_ref(),
+            "access/0000000000042-r1.json"
+        );
     }
 }

@@ -11,6 +11,7 @@ mod sink;
 
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,7 +22,9 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+use object_store::{
+    GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -39,10 +42,36 @@ const READ_CHUNK: usize = 128 * 1024;
 /// A stream of blob bytes.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
+/// Content bytes this process has added to the store, and a wake-up for whoever keeps the
+/// store's size bounded: between two scans of the store, this is how its size is estimated.
+#[derive(Debug, Default)]
+pub struct WriteMeter {
+    bytes: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl WriteMeter {
+    fn add(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Bytes added since start.
+    pub fn total(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Resolves after the next addition (or at once if one happened since the last wait).
+    pub async fn added(&self) {
+        self.notify.notified().await
+    }
+}
+
 /// The object store, plus what archway knows about its backend.
 #[derive(Clone)]
 pub struct Store {
     os: Arc<dyn ObjectStore>,
+    meter: Arc<WriteMeter>,
     /// For `file://`: the root directory. Blobs are then staged beside their final place and
     /// renamed in, and read with large direct reads instead of object_store's 8 KiB chunks.
     local_root: Option<PathBuf>,
@@ -96,12 +125,14 @@ impl Store {
                 };
                 Ok(Store {
                     os,
+                    meter: Default::default(),
                     local_root: None,
                     spool_dir: cfg.spool_dir.clone(),
                 })
             }
             StorageUrl::Memory => Ok(Store {
                 os: Arc::new(InMemory::new()),
+                meter: Default::default(),
                 local_root: None,
                 spool_dir: cfg.spool_dir.clone(),
             }),
@@ -119,6 +150,7 @@ impl Store {
                 sink::clean_stale_staging(&staging);
                 Ok(Store {
                     os: Arc::new(fs),
+                    meter: Default::default(),
                     local_root: Some(root),
                     spool_dir: cfg.spool_dir.clone(),
                 })
@@ -130,6 +162,7 @@ impl Store {
     pub fn from_object_store(os: Arc<dyn ObjectStore>, spool_dir: PathBuf) -> Store {
         Store {
             os,
+            meter: Default::default(),
             local_root: None,
             spool_dir,
         }
@@ -137,6 +170,27 @@ impl Store {
 
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.os
+    }
+
+    pub fn meter(&self) -> &Arc<WriteMeter> {
+        &self.meter
+    }
+
+    /// Every object under `prefix` (a top-level directory of the layout), with its size and
+    /// modification time.
+    pub fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.os
+            .list(Some(&Path::from(prefix)))
+            .map_err(Error::from)
+            .boxed()
+    }
+
+    /// Deletes an object; one that is already gone counts as deleted.
+    pub async fn delete(&self, key: &Path) -> Result<()> {
+        match self.os.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Whether the object store answers now (a missing key is an answer).
@@ -207,11 +261,17 @@ impl Store {
             ..Default::default()
         };
         let key = layout::blob(d);
+        let len = bytes.len() as u64;
         match self.os.put_opts(&key, bytes.clone().into(), opts).await {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Ok(_) => {
+                self.meter.add(len);
+                Ok(())
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
             // A backend without conditional puts: overwriting with identical bytes is harmless.
             Err(object_store::Error::NotImplemented { .. }) => {
                 self.os.put(&key, bytes.into()).await?;
+                self.meter.add(len);
                 Ok(())
             }
             Err(e) => Err(e.into()),

@@ -40,6 +40,7 @@ pub struct BlobSink {
     writer: Option<JoinHandle<std::io::Result<(Digest, u64)>>>,
     queued: u64,
     target: Target,
+    meter: Arc<super::WriteMeter>,
 }
 
 /// Chunks queued per fill: bounds a fill's memory while the writer catches up.
@@ -141,6 +142,7 @@ impl BlobSink {
             writer: Some(writer),
             queued: 0,
             target,
+            meter: store.meter.clone(),
         })
     }
 
@@ -224,6 +226,7 @@ impl BlobSink {
                 }
             }
         }
+        self.meter.add(written);
         Ok(written)
     }
 
@@ -310,12 +313,14 @@ mod tests {
         vec![
             Store::open(&StorageConfig {
                 s3: Default::default(),
+                gc: Default::default(),
                 url: StorageUrl::File(dir.join("disk")),
                 spool_dir: spool.clone(),
             })
             .unwrap(),
             Store::open(&StorageConfig {
                 s3: Default::default(),
+                gc: Default::default(),
                 url: StorageUrl::Memory,
                 spool_dir: spool,
             })

@@ -114,5 +114,5 @@ async fn tls_with_verified_clients_h2_and_sighup_reload() {
         .send()
         .await
         .is_err());
-    assert!(aw.log_text().contains("TLS certificate reloaded"));
+    assert!(aw.log_text().contains("SIGHUP: configuration reloaded"));
 }

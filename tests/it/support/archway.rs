@@ -48,6 +48,8 @@ pub struct Settings {
     pub read_timeout: String,
     /// `[server.tls]` certificate and key files.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// More keys for the `[storage]` table.
+    pub storage_extra: String,
     pub extra: String,
 }
 
@@ -61,6 +63,7 @@ impl Settings {
             storage_url: None,
             read_timeout: "5s".into(),
             tls: None,
+            storage_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -80,8 +83,9 @@ pub fn render(settings: &Settings, dir: &Path, port: u16) -> String {
         None => String::new(),
     };
     let mut s = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n{tls}\n[storage]\nurl = \"{storage}\"\nspool_dir = \"{}\"\n\n[cache]\ntag_ttl = \"{}\"\nserve_stale = {}\n\n",
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{tls}\n[storage]\nurl = \"{storage}\"\nspool_dir = \"{}\"\n{}\n[cache]\ntag_ttl = \"{}\"\nserve_stale = {}\n\n",
         dir.join("spool").display(),
+        settings.storage_extra,
         settings.tag_ttl,
         settings.serve_stale
     );
@@ -193,6 +197,22 @@ impl Archway {
             }
         }
         out
+    }
+
+    /// Replaces the config file (for a reload); `{port}` is the registry port.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// Asks the process to reload its config.
+    pub fn sighup(&self) {
+        let pid = self.pid().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -HUP {pid}");
     }
 
     pub fn cache_dir(&self) -> PathBuf {

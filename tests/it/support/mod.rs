@@ -102,3 +102,39 @@ pub async fn oci_error(r: reqwest::Response) -> (u16, String) {
         .to_string();
     (status, code)
 }
+
+/// The value of one series on an admin listener's `/metrics`, e.g.
+/// `archway_gc_runs_total{outcome="ok"}`; `None` while it is absent.
+pub async fn metric(admin_port: u16, series: &str) -> Option<f64> {
+    let text = http()
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Polls a metric until it reaches `at_least` or `deadline` passes: waiting for background
+/// work (a collection, a reload) that the metric reports as done.
+pub async fn wait_metric(admin_port: u16, series: &str, at_least: f64, deadline: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < deadline {
+        if metric(admin_port, series)
+            .await
+            .is_some_and(|v| v >= at_least)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

@@ -1,0 +1,387 @@
+//! The bounded cache: `[storage] max_size`, least-recently-used eviction by image, and the
+//! `archway gc` command.
+//!
+//! A run lists the store (content, manifest links, tags, blob links), reads the manifests that
+//! links reach to learn what references what, merges every replica's access journal, and
+//! plans with [`plan::plan`]. Deletion goes in the reverse order of a fill — tags, then
+//! manifest links, then manifests, then blob links and blobs — so no tag or link is ever left
+//! pointing at content that is gone while the rest of it is still there.
+//!
+//! Replicas sharing a bucket may each run; deletes are idempotent and every replica's
+//! recent use is in the journals (or within `gc_min_age`, which nothing younger than is
+//! touched).
+
+pub mod access;
+pub mod plan;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use futures_util::TryStreamExt;
+use object_store::path::Path;
+
+use crate::config::GcConfig;
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::oci::{manifest, Digest, RepoName};
+use crate::storage::layout::{self, RepoEntryKind};
+use crate::storage::Store;
+pub use access::AccessLog;
+pub use plan::{Plan, RootKey};
+
+/// Runs collections over one store.
+pub struct Collector {
+    store: Store,
+    config: GcConfig,
+    access: Arc<AccessLog>,
+    /// What each manifest references. Manifests are immutable, so this survives runs and only
+    /// shrinks when they are deleted.
+    refs: Mutex<HashMap<Digest, Arc<Refs>>>,
+    running: tokio::sync::Mutex<()>,
+}
+
+/// What one manifest references.
+#[derive(Debug)]
+struct Refs {
+    /// Child manifests (of an index): these have references of their own.
+    children: Vec<Digest>,
+    /// Children and blobs, without duplicates.
+    all: Arc<[Digest]>,
+}
+
+impl Default for Refs {
+    fn default() -> Refs {
+        Refs {
+            children: Vec::new(),
+            all: Arc::from(Vec::new()),
+        }
+    }
+}
+
+impl Refs {
+    fn of(m: manifest::ManifestRefs) -> Refs {
+        let children: Vec<Digest> = m.manifests.iter().map(|c| c.digest.clone()).collect();
+        let mut all = children.clone();
+        all.extend(m.blobs.into_iter().map(|(b, _)| b));
+        all.sort();
+        all.dedup();
+        Refs {
+            children,
+            all: all.into(),
+        }
+    }
+}
+
+/// The one field of a tag record a run needs.
+#[derive(serde::Deserialize)]
+struct TagTarget {
+    digest: Digest,
+}
+
+/// What a run found and did.
+#[derive(Debug)]
+pub struct Report {
+    pub plan: Plan,
+    pub max_size: u64,
+    pub objects: usize,
+    pub dry_run: bool,
+    /// Deletions that failed (the next run retries them).
+    pub errors: usize,
+}
+
+/// Everything listed under `repositories/`, grouped for deletion.
+#[derive(Default)]
+struct Listing {
+    inventory: plan::Inventory,
+    tags: HashMap<(Arc<str>, RepoName), Vec<Path>>,
+    blob_links: HashMap<Digest, Vec<Path>>,
+}
+
+impl Collector {
+    pub fn new(store: Store, config: GcConfig, access: Arc<AccessLog>) -> Collector {
+        Collector {
+            store,
+            config,
+            access,
+            refs: Default::default(),
+            running: Default::default(),
+        }
+    }
+
+    /// One collection: plan evictions down to `max_size` and, unless `dry_run`, carry them out.
+    pub async fn run(&self, max_size: u64, dry_run: bool) -> Result<Report> {
+        let _one_at_a_time = self.running.lock().await;
+        if !dry_run {
+            self.access.flush(&self.store).await?;
+        }
+        let mut listing = self.list().await?;
+        self.load_refs(&mut listing.inventory).await?;
+        let (atimes, journals) = access::load(&self.store).await?;
+        let keep_after =
+            access::now_millis().saturating_sub(self.config.min_age.as_millis() as u64);
+        let plan = plan::plan(&listing.inventory, &atimes, max_size, keep_after);
+        let mut report = Report {
+            objects: listing.inventory.content.len(),
+            plan,
+            max_size,
+            dry_run,
+            errors: 0,
+        };
+        if dry_run || (report.plan.roots.is_empty() && report.plan.content.is_empty()) {
+            return Ok(report);
+        }
+        report.errors = self.delete(&report.plan, &listing).await;
+        // Keep the access times that still matter: surviving roots, and content no root
+        // reaches (which competes by its own last use).
+        let gone: HashSet<&RootKey> = report.plan.roots.iter().map(|(r, _)| r).collect();
+        let unreachable: HashSet<&Digest> = report.plan.unreachable_kept.iter().collect();
+        let keep = plan::Atimes {
+            roots: atimes
+                .roots
+                .into_iter()
+                .filter(|(k, _)| listing.inventory.roots.contains_key(k) && !gone.contains(k))
+                .collect(),
+            blobs: atimes
+                .blobs
+                .into_iter()
+                .filter(|(d, _)| unreachable.contains(d))
+                .collect(),
+        };
+        access::compact(&self.store, self.access.replica(), &keep, &journals).await?;
+        if let Ok(mut refs) = self.refs.lock() {
+            for (d, _) in &report.plan.content {
+                refs.remove(d);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn list(&self) -> Result<Listing> {
+        let mut l = Listing::default();
+        let mut blobs = self.store.list(layout::BLOBS);
+        while let Some(meta) = blobs.try_next().await? {
+            if let Some(d) = layout::parse_blob(&meta.location) {
+                l.inventory.content.insert(
+                    d,
+                    plan::Object {
+                        size: meta.size,
+                        modified: meta.last_modified.timestamp_millis().max(0) as u64,
+                    },
+                );
+            }
+        }
+        let mut names: HashMap<String, Arc<str>> = HashMap::new();
+        let mut repos = self.store.list(layout::REPOSITORIES);
+        while let Some(meta) = repos.try_next().await? {
+            let Some(e) = layout::parse_repository(&meta.location) else {
+                continue;
+            };
+            let upstream = names
+                .entry(e.upstream)
+                .or_insert_with_key(|k| k.as_str().into())
+                .clone();
+            match e.kind {
+                RepoEntryKind::Manifest(digest) => {
+                    let modified = meta.last_modified.timestamp_millis().max(0) as u64;
+                    let key = RootKey {
+                        upstream,
+                        repo: e.repo,
+                        digest,
+                    };
+                    l.inventory.roots.insert(key, modified);
+                }
+                RepoEntryKind::Tag(_) => l
+                    .tags
+                    .entry((upstream, e.repo))
+                    .or_default()
+                    .push(meta.location),
+                RepoEntryKind::Blob(d) => l.blob_links.entry(d).or_default().push(meta.location),
+            }
+        }
+        Ok(l)
+    }
+
+    /// Reads every manifest the roots reach (through indexes too) to learn its references.
+    async fn load_refs(&self, inv: &mut plan::Inventory) -> Result<()> {
+        let mut queue: VecDeque<Digest> = inv.roots.keys().map(|r| r.digest.clone()).collect();
+        let mut seen: HashSet<Digest> = HashSet::new();
+        while let Some(d) = queue.pop_front() {
+            if !seen.insert(d.clone()) || !inv.content.contains_key(&d) {
+                continue;
+            }
+            let cached = self.refs.lock().ok().and_then(|r| r.get(&d).cloned());
+            let refs = match cached {
+                Some(r) => r,
+                None => {
+                    let Some(bytes) = self.store.read_small(&d).await? else {
+                        continue;
+                    };
+                    let r = Arc::new(match manifest::parse(&bytes, None) {
+                        Ok(m) => Refs::of(m),
+                        Err(e) => {
+                            tracing::warn!(digest = %d, error = %e, "gc: cached manifest does not parse; treating it as referencing nothing");
+                            Refs::default()
+                        }
+                    });
+                    if let Ok(mut cache) = self.refs.lock() {
+                        cache.insert(d.clone(), r.clone());
+                    }
+                    r
+                }
+            };
+            queue.extend(refs.children.iter().cloned());
+            inv.refs.insert(d, refs.all.clone());
+        }
+        Ok(())
+    }
+
+    /// Carries out a plan; returns how many deletions failed.
+    async fn delete(&self, plan: &Plan, listing: &Listing) -> usize {
+        let mut errors = 0;
+        let mut failed = |what: &Path, e: crate::error::Error| {
+            tracing::warn!(key = %what, error = %e, "gc: delete failed");
+            errors += 1;
+        };
+        // Tags that point at an evicted root go first, so no pull by tag finds it half gone.
+        let mut evicted: HashMap<(Arc<str>, RepoName), HashSet<&Digest>> = HashMap::new();
+        for (r, _) in &plan.roots {
+            evicted
+                .entry((r.upstream.clone(), r.repo.clone()))
+                .or_default()
+                .insert(&r.digest);
+        }
+        for (repo, digests) in &evicted {
+            for key in listing.tags.get(repo).into_iter().flatten() {
+                match self.store.get_record::<TagTarget>(key).await {
+                    Ok(Some(t)) if digests.contains(&t.digest) => {
+                        if let Err(e) = self.store.delete(key).await {
+                            failed(key, e);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => failed(key, e),
+                }
+            }
+        }
+        for (r, _) in &plan.roots {
+            let key = layout::manifest_link(&r.upstream, &r.repo, &r.digest);
+            if let Err(e) = self.store.delete(&key).await {
+                failed(&key, e);
+            }
+        }
+        for (d, _) in &plan.content {
+            for key in listing.blob_links.get(d).into_iter().flatten() {
+                if let Err(e) = self.store.delete(key).await {
+                    failed(key, e);
+                }
+            }
+            let key = layout::blob(d);
+            if let Err(e) = self.store.delete(&key).await {
+                failed(&key, e);
+            }
+        }
+        errors
+    }
+
+    /// Keeps the cache under `max_size` while serving: a run every `gc_interval`, and sooner
+    /// when this replica's writes push the estimated size over the limit. `evicted` hears of
+    /// every run that deleted something (to drop in-memory state that named it).
+    pub async fn maintain(
+        self: Arc<Self>,
+        metrics: Metrics,
+        evicted: impl Fn(Arc<Report>) -> futures_util::future::BoxFuture<'static, ()>,
+    ) {
+        let Some(max) = self.config.max_size else {
+            return;
+        };
+        let meter = self.store.meter().clone();
+        let mut ticker = tokio::time::interval(self.config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Size after the last run, and the meter's reading when it started.
+        let mut base: Option<(u64, u64)> = None;
+        // The last run could not get under the limit (all recent): wait for the next tick
+        // rather than rescanning after every write.
+        let mut short = false;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = meter.added(), if !short => {
+                    if let Some((size, at)) = base {
+                        let estimate = size + meter.total().saturating_sub(at);
+                        metrics.cache_size.set(estimate as i64);
+                        if estimate <= max {
+                            continue;
+                        }
+                    }
+                }
+            }
+            let at = meter.total();
+            let started = std::time::Instant::now();
+            match self.run(max, false).await {
+                Ok(r) => {
+                    base = Some((r.plan.size_after, at));
+                    short = r.plan.size_after > max;
+                    if short {
+                        tracing::warn!(
+                            size_bytes = r.plan.size_after,
+                            max_size = max,
+                            min_age = %humantime::format_duration(self.config.min_age),
+                            "gc: the cache is over storage.max_size, but everything left was used within storage.gc_min_age"
+                        );
+                    }
+                    let r = Arc::new(r);
+                    if !r.plan.roots.is_empty() || !r.plan.content.is_empty() {
+                        tracing::info!(
+                            evicted_manifests = r.plan.roots.len(),
+                            deleted_objects = r.plan.content.len(),
+                            freed_bytes = r.plan.freed(),
+                            size_bytes = r.plan.size_after,
+                            max_size = max,
+                            errors = r.errors,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "gc: cache trimmed"
+                        );
+                        evicted(r.clone()).await;
+                    }
+                    // Counted last: whoever watches these sees a run whose effects are done.
+                    metrics.cache_size.set(r.plan.size_after as i64);
+                    metrics
+                        .evictions
+                        .with_label_values(&["manifest"])
+                        .inc_by(r.plan.roots.len() as u64);
+                    metrics
+                        .evictions
+                        .with_label_values(&["content"])
+                        .inc_by(r.plan.content.len() as u64);
+                    metrics.evicted_bytes.inc_by(r.plan.freed());
+                    metrics.gc_runs.with_label_values(&["ok"]).inc();
+                }
+                Err(e) => {
+                    metrics.gc_runs.with_label_values(&["error"]).inc();
+                    tracing::warn!(error = %e, "gc: run failed");
+                    short = true;
+                }
+            }
+        }
+    }
+
+    /// Writes out the access times noted in memory, every [`access::FLUSH_INTERVAL`].
+    pub async fn flush_periodically(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(access::FLUSH_INTERVAL);
+        loop {
+            ticker.tick().await;
+            self.flush().await;
+        }
+    }
+
+    pub async fn flush(&self) {
+        if let Err(e) = self.access.flush(&self.store).await {
+            tracing::warn!(error = %e, "cannot write access times; keeping them for the next attempt");
+        }
+    }
+}
+
+/// A byte count for people (`archway gc` output, logs).
+pub fn human_bytes(n: u64) -> String {
+    bytesize::ByteSize(n).display().iec().to_string()
+}

@@ -1,0 +1,353 @@
+//! Which cached content to delete to bring the cache under its size limit: a pure function of
+//! what the store holds, what references what, and when each thing was last used.
+//!
+//! The unit of eviction is a *root*: a manifest linked to a repository (what a client pulls).
+//! Content — manifests and blobs — lives exactly as long as some remaining root reaches it,
+//! directly or through an index. So evicting the least recently used roots can never take a
+//! layer from under a manifest that is still served from the cache, which is how
+//! distribution's proxy breaks cached images (distribution/distribution#2367). Content no root
+//! reaches at all (a blob fetched by digest alone, what an evicted image left behind) competes
+//! by its own last use.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::oci::{Digest, RepoName};
+
+/// A manifest linked to a repository: what a pull names, and what eviction removes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RootKey {
+    pub upstream: Arc<str>,
+    pub repo: RepoName,
+    pub digest: Digest,
+}
+
+impl std::fmt::Display for RootKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}@{}", self.upstream, self.repo, self.digest)
+    }
+}
+
+/// A content object: its size and when it was written (epoch millis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Object {
+    pub size: u64,
+    pub modified: u64,
+}
+
+/// What the store holds.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    /// Everything under `blobs/`: layers, configs and manifests.
+    pub content: HashMap<Digest, Object>,
+    /// Manifest links, with when each was written.
+    pub roots: HashMap<RootKey, u64>,
+    /// For each manifest reached: the manifests and blobs it references.
+    pub refs: HashMap<Digest, Arc<[Digest]>>,
+}
+
+/// Last-use times recorded by the replicas (epoch millis).
+#[derive(Debug, Default, Clone)]
+pub struct Atimes {
+    pub roots: HashMap<RootKey, u64>,
+    pub blobs: HashMap<Digest, u64>,
+}
+
+/// The outcome of planning.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub size_before: u64,
+    pub size_after: u64,
+    /// Roots to unlink, least recently used first, with their last use.
+    pub roots: Vec<(RootKey, u64)>,
+    /// Content to delete, each manifest before what it references.
+    pub content: Vec<(Digest, u64)>,
+    /// Content that no remaining root reaches and that stays (used too recently).
+    pub unreachable_kept: Vec<Digest>,
+}
+
+impl Plan {
+    pub fn freed(&self) -> u64 {
+        self.size_before - self.size_after
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Candidate<'a> {
+    Root(&'a RootKey),
+    Unreachable(&'a Digest),
+}
+
+/// Plans evictions until the content fits in `max_size`, never touching anything used at or
+/// after `keep_after` (epoch millis). When what remains is all that recent, the plan stops
+/// short and `size_after` stays above `max_size`.
+pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) -> Plan {
+    let size_before: u64 = inv.content.values().map(|o| o.size).sum();
+    // How many live referrers each piece of content has: roots plus referencing manifests
+    // that are themselves reached. Content hashes rule out cycles.
+    let mut rc: HashMap<&Digest, u32> = HashMap::new();
+    let mut stack: Vec<&Digest> = Vec::new();
+    let mut reached: HashSet<&Digest> = HashSet::new();
+    for root in inv.roots.keys() {
+        if inv.content.contains_key(&root.digest) {
+            *rc.entry(&root.digest).or_default() += 1;
+            if reached.insert(&root.digest) {
+                stack.push(&root.digest);
+            }
+        }
+    }
+    while let Some(d) = stack.pop() {
+        for r in inv.refs.get(d).map(|r| &r[..]).unwrap_or_default() {
+            if !inv.content.contains_key(r) {
+                continue;
+            }
+            *rc.entry(r).or_default() += 1;
+            if reached.insert(r) {
+                stack.push(r);
+            }
+        }
+    }
+
+    let mut candidates: Vec<(u64, Candidate)> = Vec::new();
+    for (root, modified) in &inv.roots {
+        if inv.content.contains_key(&root.digest) {
+            let used = atimes.roots.get(root).copied().unwrap_or(0).max(*modified);
+            candidates.push((used, Candidate::Root(root)));
+        }
+    }
+    for (d, o) in &inv.content {
+        if !reached.contains(d) {
+            let used = atimes.blobs.get(d).copied().unwrap_or(0).max(o.modified);
+            candidates.push((used, Candidate::Unreachable(d)));
+        }
+    }
+    candidates.sort();
+
+    let mut plan = Plan {
+        size_before,
+        size_after: size_before,
+        ..Default::default()
+    };
+    let mut deleted: HashSet<&Digest> = HashSet::new();
+    let mut stopped_at = candidates.len();
+    for (i, (used, c)) in candidates.iter().enumerate() {
+        if plan.size_after <= max_size || *used >= keep_after {
+            stopped_at = i;
+            break;
+        }
+        match c {
+            Candidate::Unreachable(d) => {
+                let size = inv.content[*d].size;
+                plan.size_after -= size;
+                plan.content.push(((*d).clone(), size));
+                deleted.insert(d);
+            }
+            Candidate::Root(root) => {
+                plan.roots.push(((*root).clone(), *used));
+                // Release the root's reference; whatever drops to no referrers goes, and
+                // releases what it references in turn.
+                let mut release = vec![&root.digest];
+                while let Some(d) = release.pop() {
+                    let Some(n) = rc.get_mut(d) else { continue };
+                    *n -= 1;
+                    if *n > 0 {
+                        continue;
+                    }
+                    let size = inv.content[d].size;
+                    plan.size_after -= size;
+                    plan.content.push((d.clone(), size));
+                    deleted.insert(d);
+                    release.extend(
+                        inv.refs
+                            .get(d)
+                            .map(|r| &r[..])
+                            .unwrap_or_default()
+                            .iter()
+                            .filter(|r| inv.content.contains_key(*r)),
+                    );
+                }
+            }
+        }
+    }
+    plan.unreachable_kept = candidates[stopped_at..]
+        .iter()
+        .filter_map(|(_, c)| match c {
+            Candidate::Unreachable(d) if !deleted.contains(d) => Some((*d).clone()),
+            _ => None,
+        })
+        .collect();
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Digest {
+        Digest::sha256_of(s.as_bytes())
+    }
+
+    fn root(repo: &str, m: &str) -> RootKey {
+        RootKey {
+            upstream: "up".into(),
+            repo: repo.parse().unwrap(),
+            digest: d(m),
+        }
+    }
+
+    /// Content sizes: manifests 1, blobs as given. `images`: (manifest, [blobs]).
+    fn inventory(images: &[(&str, &[(&str, u64)])], written: u64) -> Inventory {
+        let mut inv = Inventory::default();
+        for (m, blobs) in images {
+            inv.content.insert(
+                d(m),
+                Object {
+                    size: 1,
+                    modified: written,
+                },
+            );
+            let refs: Vec<Digest> = blobs.iter().map(|(b, _)| d(b)).collect();
+            inv.refs.insert(d(m), refs.into());
+            for (b, size) in *blobs {
+                inv.content.insert(
+                    d(b),
+                    Object {
+                        size: *size,
+                        modified: written,
+                    },
+                );
+            }
+        }
+        inv
+    }
+
+    fn deleted(p: &Plan) -> Vec<Digest> {
+        let mut v: Vec<Digest> = p.content.iter().map(|(d, _)| d.clone()).collect();
+        v.sort();
+        v
+    }
+
+    fn sorted(mut v: Vec<Digest>) -> Vec<Digest> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn least_recently_used_image_goes_first_and_shared_layers_stay() {
+        let mut inv = inventory(
+            &[
+                ("a", &[("base", 100), ("a-layer", 50)]),
+                ("b", &[("base", 100), ("b-layer", 50)]),
+            ],
+            10,
+        );
+        inv.roots.insert(root("app/a", "a"), 10);
+        inv.roots.insert(root("app/b", "b"), 10);
+        let mut at = Atimes::default();
+        at.roots.insert(root("app/a", "a"), 30);
+        at.roots.insert(root("app/b", "b"), 20);
+        // 202 bytes; bring it to 160: b (used at 20) goes, with its own layer only.
+        let p = plan(&inv, &at, 160, 1000);
+        assert_eq!(p.roots, vec![(root("app/b", "b"), 20)]);
+        assert_eq!(deleted(&p), sorted(vec![d("b"), d("b-layer")]));
+        assert_eq!((p.size_before, p.size_after), (202, 151));
+        assert!(p.unreachable_kept.is_empty());
+    }
+
+    #[test]
+    fn a_manifest_in_two_repositories_stays_while_either_links_it() {
+        let mut inv = inventory(&[("m", &[("layer", 100)])], 10);
+        inv.roots.insert(root("one", "m"), 10);
+        inv.roots.insert(root("two", "m"), 50);
+        let p = plan(&inv, &Atimes::default(), 50, 40);
+        // "one" goes (used at 10); "two" was used at 50, after keep_after: the content stays.
+        assert_eq!(p.roots, vec![(root("one", "m"), 10)]);
+        assert!(p.content.is_empty());
+        assert_eq!(p.size_after, 101);
+    }
+
+    #[test]
+    fn an_index_keeps_its_children_and_their_blobs() {
+        let mut inv = inventory(
+            &[
+                ("idx", &[]),
+                ("amd64", &[("l1", 100)]),
+                ("arm64", &[("l2", 100)]),
+            ],
+            10,
+        );
+        inv.refs
+            .insert(d("idx"), vec![d("amd64"), d("arm64")].into());
+        inv.roots.insert(root("app", "idx"), 10);
+        inv.roots.insert(root("app", "amd64"), 10);
+        let mut at = Atimes::default();
+        at.roots.insert(root("app", "idx"), 90);
+        // The amd64 root is the oldest, but the index (recent) still reaches it: unlinking
+        // it frees nothing, and nothing else may go.
+        let p = plan(&inv, &at, 10, 50);
+        assert_eq!(p.roots, vec![(root("app", "amd64"), 10)]);
+        assert!(p.content.is_empty());
+        // Once the index is old too, everything goes, manifests before their blobs.
+        at.roots.insert(root("app", "idx"), 20);
+        let p = plan(&inv, &at, 10, 50);
+        assert_eq!(p.size_after, 0);
+        let pos = |x: &str| p.content.iter().position(|(c, _)| *c == d(x)).unwrap();
+        assert!(pos("idx") < pos("amd64") && pos("amd64") < pos("l1"));
+        assert!(pos("arm64") < pos("l2"));
+    }
+
+    #[test]
+    fn unreachable_content_competes_by_its_own_last_use() {
+        let mut inv = inventory(&[("m", &[("layer", 100)])], 10);
+        inv.roots.insert(root("app", "m"), 10);
+        for (name, t) in [("old-blob", 5), ("new-blob", 80)] {
+            inv.content.insert(
+                d(name),
+                Object {
+                    size: 30,
+                    modified: t,
+                },
+            );
+        }
+        let mut at = Atimes::default();
+        at.roots.insert(root("app", "m"), 60);
+        // 161 bytes, limit 140: the old unreachable blob is enough.
+        let p = plan(&inv, &at, 140, 1000);
+        assert_eq!(deleted(&p), vec![d("old-blob")]);
+        assert!(p.roots.is_empty());
+        assert_eq!(p.unreachable_kept, vec![d("new-blob")]);
+        // A recorded access protects an unreachable blob too.
+        at.blobs.insert(d("old-blob"), 70);
+        let p = plan(&inv, &at, 140, 1000);
+        assert_eq!(p.roots, vec![(root("app", "m"), 60)]);
+    }
+
+    #[test]
+    fn recent_use_is_never_evicted_even_over_the_limit() {
+        let mut inv = inventory(&[("m", &[("layer", 100)])], 10);
+        inv.roots.insert(root("app", "m"), 10);
+        let mut at = Atimes::default();
+        at.roots.insert(root("app", "m"), 500);
+        let p = plan(&inv, &at, 1, 400);
+        assert!(p.roots.is_empty() && p.content.is_empty());
+        assert_eq!(p.size_after, 101);
+    }
+
+    #[test]
+    fn under_the_limit_nothing_is_planned() {
+        let mut inv = inventory(&[("m", &[("layer", 100)])], 10);
+        inv.roots.insert(root("app", "m"), 10);
+        let p = plan(&inv, &Atimes::default(), 101, u64::MAX);
+        assert!(p.roots.is_empty() && p.content.is_empty());
+    }
+
+    #[test]
+    fn a_link_whose_manifest_is_missing_is_not_a_candidate() {
+        let mut inv = inventory(&[("m", &[("layer", 100)])], 10);
+        inv.roots.insert(root("app", "gone"), 1);
+        let p = plan(&inv, &Atimes::default(), 0, u64::MAX);
+        assert!(p.roots.is_empty());
+        // m and its layer are unreachable (no root links m): both go.
+        assert_eq!(deleted(&p), sorted(vec![d("m"), d("layer")]));
+    }
+}
