@@ -126,6 +126,7 @@ struct RawStorage {
     url: Option<String>,
     spool_dir: Option<String>,
     s3: Option<RawS3>,
+    azure: Option<RawAzure>,
     max_size: Option<String>,
     gc_interval: Option<String>,
     gc_min_age: Option<String>,
@@ -140,6 +141,16 @@ struct RawS3 {
     virtual_hosted_style: Option<bool>,
     access_key_id: Option<String>,
     secret_access_key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAzure {
+    account: Option<String>,
+    access_key_file: Option<String>,
+    endpoint: Option<String>,
+    allow_http: Option<bool>,
+    use_emulator: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +275,8 @@ pub enum StorageUrl {
     Memory,
     /// An S3 bucket, optionally under a key prefix.
     S3 { bucket: String, prefix: String },
+    /// An Azure Blob Storage container, optionally under a prefix.
+    Azure { container: String, prefix: String },
 }
 
 /// S3 settings beyond what `AmazonS3Builder::from_env` reads from the environment
@@ -301,7 +314,36 @@ impl fmt::Display for StorageUrl {
             StorageUrl::File(p) => write!(f, "file://{}", p.display()),
             StorageUrl::Memory => f.write_str("memory://"),
             StorageUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            StorageUrl::Azure { container, prefix } => write!(f, "az://{container}/{prefix}"),
         }
+    }
+}
+
+/// Azure settings beyond what `MicrosoftAzureBuilder::from_env` reads from the environment
+/// (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, managed identity, ...); a
+/// value set here wins over the environment.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AzureConfig {
+    pub account: Option<String>,
+    /// Read from `access_key_file`; never printed.
+    pub access_key: Option<String>,
+    pub endpoint: Option<String>,
+    pub allow_http: Option<bool>,
+    pub use_emulator: Option<bool>,
+}
+
+impl fmt::Debug for AzureConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AzureConfig")
+            .field("account", &self.account)
+            .field(
+                "access_key",
+                &self.access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("endpoint", &self.endpoint)
+            .field("allow_http", &self.allow_http)
+            .field("use_emulator", &self.use_emulator)
+            .finish()
     }
 }
 
@@ -309,6 +351,7 @@ impl fmt::Display for StorageUrl {
 pub struct StorageConfig {
     pub url: StorageUrl,
     pub s3: S3Config,
+    pub azure: AzureConfig,
     /// Where in-flight blob fills are spooled for concurrent readers.
     pub spool_dir: PathBuf,
     /// The bounded cache: how large it may grow and how eviction runs.
@@ -473,12 +516,36 @@ fn storage_url(errs: &mut Errors, s: &str) -> StorageUrl {
             prefix: prefix.trim_matches('/').to_string(),
         };
     }
+    if let Some(rest) = s.strip_prefix("az://") {
+        let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        // Azure's rule: 3-63 of [a-z0-9-], starting with a letter or digit, no "--".
+        let ok = (3..=63).contains(&container.len())
+            && container
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !container.starts_with('-')
+            && !container.ends_with('-')
+            && !container.contains("--");
+        if !ok {
+            errs.push(
+                "storage.url",
+                format!("{s:?}: {container:?} is not an Azure container name"),
+            );
+        }
+        return StorageUrl::Azure {
+            container: container.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+        };
+    }
     let reason = match s.split_once("://") {
-        Some(("gs" | "az" | "abfs" | "abfss" | "azure", _)) => format!(
-            "{s:?}: Google Cloud Storage and Azure are not supported by this build yet; use s3://, file:// or memory://"
+        Some(("gs", _)) => format!(
+            "{s:?}: Google Cloud Storage is not supported by this build yet; use s3://, az://, file:// or memory://"
         ),
+        Some(("abfs" | "abfss" | "azure" | "adl", _)) => {
+            format!("{s:?}: write Azure containers as az://CONTAINER/PREFIX")
+        }
         Some((scheme, _)) => {
-            format!("unsupported scheme {scheme:?} (use s3://, file:// or memory://)")
+            format!("unsupported scheme {scheme:?} (use s3://, az://, file:// or memory://)")
         }
         None => format!("{s:?} is not a URL (e.g. \"file://./data\")"),
     };
@@ -596,8 +663,24 @@ impl Config {
                 }),
             },
         };
-        if s3.endpoint.is_some() && !matches!(url, StorageUrl::S3 { .. }) {
+        if s3 != S3Config::default() && !matches!(url, StorageUrl::S3 { .. }) {
             errs.push("storage.s3", "set, but storage.url is not an s3:// URL");
+        }
+        let azure = match raw.storage.azure {
+            None => AzureConfig::default(),
+            Some(r) => AzureConfig {
+                account: r.account,
+                access_key: r.access_key_file.and_then(|f| {
+                    read_file(&mut errs, base, "storage.azure.access_key_file", &f)
+                        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                }),
+                endpoint: r.endpoint,
+                allow_http: r.allow_http,
+                use_emulator: r.use_emulator,
+            },
+        };
+        if azure != AzureConfig::default() && !matches!(url, StorageUrl::Azure { .. }) {
+            errs.push("storage.azure", "set, but storage.url is not an az:// URL");
         }
         let spool_dir = raw
             .storage
@@ -925,6 +1008,7 @@ impl Config {
             storage: StorageConfig {
                 url,
                 s3,
+                azure,
                 spool_dir,
                 gc,
             },
@@ -1025,6 +1109,35 @@ username = "u"
         assert!(dup.reason.contains("duplicate host"), "{}", dup.reason);
         let ttl = e.iter().find(|e| e.key == "cache.tag_ttl").unwrap();
         assert!(ttl.reason.contains("bad duration"));
+    }
+
+    #[test]
+    fn azure_storage() {
+        let c = Config::from_toml(
+            &format!(
+                "[storage]\nurl = \"az://mirror/cache/\"\n[storage.azure]\naccount = \"acct\"\nendpoint = \"http://127.0.0.1:1/acct\"\nallow_http = true\n{UP}"
+            ),
+            "t",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage.url,
+            StorageUrl::Azure {
+                container: "mirror".into(),
+                prefix: "cache".into()
+            }
+        );
+        assert_eq!(c.storage.azure.account.as_deref(), Some("acct"));
+        let e = errors(&format!("[storage]\nurl = \"az://My_Container\"\n{UP}"));
+        assert_eq!(e[0].key, "storage.url");
+        assert!(e[0].reason.contains("not an Azure container name"), "{e:?}");
+        let e = errors(&format!(
+            "[storage]\nurl = \"s3://bucket\"\n[storage.azure]\naccount = \"a\"\n{UP}"
+        ));
+        assert_eq!(e[0].key, "storage.azure");
+        let e = errors(&format!("[storage]\nurl = \"gs://bucket\"\n{UP}"));
+        assert!(e[0].reason.contains("Google Cloud Storage"), "{e:?}");
     }
 
     #[test]

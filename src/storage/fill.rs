@@ -396,6 +396,7 @@ mod tests {
     fn store(dir: &std::path::Path, local: bool) -> Store {
         Store::open(&StorageConfig {
             s3: Default::default(),
+            azure: Default::default(),
             gc: Default::default(),
             url: if local {
                 StorageUrl::File(dir.join("disk"))

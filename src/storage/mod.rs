@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -118,17 +119,30 @@ impl Store {
                 let s3 = b
                     .build()
                     .map_err(|e| format!("storage.url: {}: {e}", cfg.url))?;
-                let os: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                    Arc::new(s3)
-                } else {
-                    Arc::new(PrefixStore::new(s3, prefix.as_str()))
-                };
-                Ok(Store {
-                    os,
-                    meter: Default::default(),
-                    local_root: None,
-                    spool_dir: cfg.spool_dir.clone(),
-                })
+                Ok(Store::remote(s3, prefix, cfg))
+            }
+            StorageUrl::Azure { container, prefix } => {
+                let az = &cfg.azure;
+                let mut b = MicrosoftAzureBuilder::from_env().with_container_name(container);
+                if let Some(v) = &az.account {
+                    b = b.with_account(v);
+                }
+                if let Some(v) = &az.access_key {
+                    b = b.with_access_key(v);
+                }
+                if let Some(v) = &az.endpoint {
+                    b = b.with_endpoint(v.clone());
+                }
+                if let Some(v) = az.allow_http {
+                    b = b.with_allow_http(v);
+                }
+                if let Some(v) = az.use_emulator {
+                    b = b.with_use_emulator(v);
+                }
+                let az = b
+                    .build()
+                    .map_err(|e| format!("storage.url: {}: {e}", cfg.url))?;
+                Ok(Store::remote(az, prefix, cfg))
             }
             StorageUrl::Memory => Ok(Store {
                 os: Arc::new(InMemory::new()),
@@ -155,6 +169,21 @@ impl Store {
                     spool_dir: cfg.spool_dir.clone(),
                 })
             }
+        }
+    }
+
+    /// A store on a remote object store, under `prefix`.
+    fn remote(os: impl ObjectStore, prefix: &str, cfg: &StorageConfig) -> Store {
+        let os: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(os)
+        } else {
+            Arc::new(PrefixStore::new(os, prefix))
+        };
+        Store {
+            os,
+            meter: Default::default(),
+            local_root: None,
+            spool_dir: cfg.spool_dir.clone(),
         }
     }
 

@@ -313,6 +313,7 @@ mod tests {
         vec![
             Store::open(&StorageConfig {
                 s3: Default::default(),
+                azure: Default::default(),
                 gc: Default::default(),
                 url: StorageUrl::File(dir.join("disk")),
                 spool_dir: spool.clone(),
@@ -320,6 +321,7 @@ mod tests {
             .unwrap(),
             Store::open(&StorageConfig {
                 s3: Default::default(),
+                azure: Default::default(),
                 gc: Default::default(),
                 url: StorageUrl::Memory,
                 spool_dir: spool,

@@ -50,7 +50,8 @@ fn pull(host: &str, reference: &str) -> skopeo::Output {
     out
 }
 
-fn gc(config: &Path, args: &[&str]) -> (bool, String) {
+/// Runs `archway gc --config CONFIG ARGS...`: success and output.
+pub fn gc(config: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(Archway::bin())
         .arg("gc")
         .arg("--config")

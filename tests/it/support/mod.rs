@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod archway;
+pub mod azure;
 pub mod fake;
 pub mod images;
 pub mod registry;
