@@ -114,13 +114,13 @@ repository = "docker.io/thinklab/go-hello-world"
 
 // === containerd ===
 
-struct Containerd {
+pub struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
 }
 
 impl Containerd {
-    fn start() -> Containerd {
+    pub fn start() -> Containerd {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let cfg = format!(
@@ -166,7 +166,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         c
     }
 
-    fn ctr(&self, args: &[&str]) -> (bool, String, String) {
+    pub fn ctr(&self, args: &[&str]) -> (bool, String, String) {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.dir.path().join("containerd.sock"))
@@ -175,7 +175,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     }
 
     /// The architecture in the image config that namespace `ns` holds.
-    fn pulled_arch(&self, ns: &str) -> String {
+    pub fn pulled_arch(&self, ns: &str) -> String {
         let (ok, list, err) = self.ctr(&["-n", ns, "content", "ls", "-q"]);
         assert!(ok, "{err}");
         for digest in list

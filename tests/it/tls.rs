@@ -1,10 +1,12 @@
 //! TLS on the registry listener: clients verify archway's certificate against a test CA,
-//! HTTP/2 is offered by ALPN, and SIGHUP swaps in a renewed certificate.
+//! HTTP/2 is offered by ALPN, and SIGHUP swaps in a renewed certificate. skopeo and containerd
+//! (with `ca` in hosts.toml) verify it.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::archway::{Archway, Settings};
+use crate::clients::Containerd;
+use crate::support::archway::{Archway, Settings, UpstreamSpec};
 use crate::support::images::{Image, Pusher};
 use crate::support::registry::Upstream;
 use crate::support::{random_bytes, skopeo, unique_seed};
@@ -115,4 +117,67 @@ async fn tls_with_verified_clients_h2_and_sighup_reload() {
         .await
         .is_err());
     assert!(aw.log_text().contains("SIGHUP: configuration reloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_verifies_archway_against_the_ca_in_hosts_toml() {
+    let up = Upstream::start().await;
+    let img = Image::new("linux/arm64", vec![random_bytes(unique_seed(), 1000)]);
+    Pusher::new(&up.url(), None)
+        .image("secure/app", "v1", &img)
+        .await;
+    let certs = tempfile::tempdir().unwrap();
+    issue(certs.path(), "containerd");
+    let aw = Archway::start(&Settings {
+        upstreams: vec![UpstreamSpec::new("hub", &up.url(), &["docker.io"], true)],
+        tls: Some((
+            certs.path().join("server.crt"),
+            certs.path().join("server.key"),
+        )),
+        ..Settings::single(&up.url())
+    })
+    .await;
+    let hosts = |dir: &Path, ca: Option<&Path>| {
+        let ca = ca
+            .map(|p| format!("  ca = \"{}\"\n", p.display()))
+            .unwrap_or_default();
+        std::fs::create_dir_all(dir.join("docker.io")).unwrap();
+        std::fs::write(
+            dir.join("docker.io").join("hosts.toml"),
+            format!(
+                "server = \"https://registry-1.docker.io\"\n\n[host.\"https://localhost:{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n{ca}",
+                aw.port
+            ),
+        )
+        .unwrap();
+    };
+    let c = Containerd::start();
+    let pull = |dir: &Path, ns: &str| {
+        c.ctr(&[
+            "-n",
+            ns,
+            "images",
+            "pull",
+            "--hosts-dir",
+            dir.to_str().unwrap(),
+            "--platform",
+            "linux/arm64",
+            "docker.io/secure/app:v1",
+        ])
+    };
+
+    let without = tempfile::tempdir().unwrap();
+    hosts(without.path(), None);
+    let (ok, _, err) = pull(without.path(), "untrusted");
+    assert!(!ok, "pulled without trusting the CA");
+    assert!(
+        err.contains("x509: certificate signed by unknown authority"),
+        "{err}"
+    );
+
+    let with = tempfile::tempdir().unwrap();
+    hosts(with.path(), Some(&certs.path().join("ca.crt")));
+    let (ok, _, err) = pull(with.path(), "trusted");
+    assert!(ok, "ctr pull over TLS: {err}");
+    assert_eq!(c.pulled_arch("trusted"), "arm64");
 }
