@@ -263,7 +263,8 @@ impl Store {
                         .len()
                 }
             };
-            return Ok(Some(file_stream(file, range)));
+            let map = range.end - range.start >= MAP_AT_LEAST;
+            return Ok(Some(file_stream(file, range, map)));
         }
         let opts = GetOptions {
             range: range.map(GetRange::Bounded),
@@ -341,11 +342,38 @@ impl Store {
     }
 }
 
-/// Streams `range` of `file` with large sequential reads on the blocking pool, one task per
-/// response. `read_to_end` into a fresh buffer fills it without zeroing it first, which at
-/// disk-cache speeds is a measurable share of the copy.
-pub(crate) fn file_stream(mut file: std::fs::File, range: Range<u64>) -> ByteStream {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+/// Blobs at least this large are sent from memory maps of the cache file.
+const MAP_AT_LEAST: u64 = 1024 * 1024;
+
+/// Each map covers this much of the file. A response holds at most a few windows, so a
+/// process serving many large blobs does not map (and count in its RSS) whole files.
+const MAP_WINDOW: u64 = 512 * 1024;
+
+/// Maps `len` bytes of a cache file at `offset`, as one chunk: the socket write then copies
+/// straight from the page cache, as nginx's sendfile does, instead of a read into a buffer
+/// and a second copy out of it.
+#[allow(unsafe_code)]
+fn map_window(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    // SAFETY: a mapped file truncated while mapped would fault on access. Cache files are
+    // never modified in place: a blob is written under .staging/, renamed into place once
+    // verified, and afterwards only unlinked (eviction), which leaves existing mappings
+    // intact. Callers keep `offset + len` within the size the file had when opened.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len as usize)
+            .populate()
+            .map(file)?
+    };
+    Ok(Bytes::from_owner(map))
+}
+
+/// Streams `range` of `file` from the blocking pool, one task per response: memory-mapped
+/// windows when `map` (large blobs), else large sequential reads. `read_to_end` into a fresh
+/// buffer fills it without zeroing it first, which at disk-cache speeds is a measurable share
+/// of the copy.
+pub(crate) fn file_stream(mut file: std::fs::File, range: Range<u64>, map: bool) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(if map { 2 } else { 4 });
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
         if let Err(e) = file.seek(SeekFrom::Start(range.start)) {
@@ -353,19 +381,41 @@ pub(crate) fn file_stream(mut file: std::fs::File, range: Range<u64>) -> ByteStr
             return;
         }
         let mut pos = range.start;
+        // Never map past the end of the file: touching such a page is a fatal signal, where
+        // a read reports a short file.
+        let mut map = map && file.metadata().is_ok_and(|m| m.len() >= range.end);
         while pos < range.end {
-            let want = (range.end - pos).min(READ_CHUNK as u64);
-            let mut buf = Vec::with_capacity(want as usize);
-            let item = match (&mut file).take(want).read_to_end(&mut buf) {
-                Ok(0) => Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "cached blob is shorter than expected",
-                )),
-                Ok(n) => {
-                    pos += n as u64;
-                    Ok(Bytes::from(buf))
+            let item = if map {
+                let want = (range.end - pos).min(MAP_WINDOW);
+                match map_window(&file, pos, want) {
+                    Ok(b) => {
+                        pos += want;
+                        Ok(b)
+                    }
+                    Err(e) => {
+                        // Unusual file systems may refuse maps: read instead.
+                        tracing::debug!(error = %e, "cannot map a cache file; reading it");
+                        map = false;
+                        if let Err(e) = file.seek(SeekFrom::Start(pos)) {
+                            let _ = tx.blocking_send(Err(e));
+                        }
+                        continue;
+                    }
                 }
-                Err(e) => Err(e),
+            } else {
+                let want = (range.end - pos).min(READ_CHUNK as u64);
+                let mut buf = Vec::with_capacity(want as usize);
+                match (&mut file).take(want).read_to_end(&mut buf) {
+                    Ok(0) => Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "cached blob is shorter than expected",
+                    )),
+                    Ok(n) => {
+                        pos += n as u64;
+                        Ok(Bytes::from(buf))
+                    }
+                    Err(e) => Err(e),
+                }
             };
             let stop = item.is_err();
             if tx.blocking_send(item).is_err() || stop {

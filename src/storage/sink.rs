@@ -362,6 +362,23 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(part.concat(), &data[10..20]);
+            // Large ranges of local files are sent from memory maps: unaligned offsets and
+            // ends that are not a multiple of the map window.
+            for r in [4097..2_900_001u64, 0..1_048_576, 1_000_000..3_000_000] {
+                let part: Vec<Bytes> = store
+                    .read_blob(&d, Some(r.clone()))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .try_collect()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    part.concat(),
+                    &data[r.start as usize..r.end as usize],
+                    "{r:?}"
+                );
+            }
         }
     }
 

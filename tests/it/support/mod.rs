@@ -139,3 +139,18 @@ pub async fn wait_metric(admin_port: u16, series: &str, at_least: f64, deadline:
     }
     false
 }
+
+/// GETs `url`, expecting the transfer to fail, and panics if a complete `200` body arrives.
+/// Either way of failing is right: a `200` whose body breaks off, or — when the server learned
+/// of the failure before its headers went out — a connection closed without a response or an
+/// error status.
+pub async fn get_expecting_failure(url: &str) -> String {
+    match http().get(url).send().await {
+        Err(e) => format!("no response: {e}"),
+        Ok(r) if r.status() != 200 => format!("status {}", r.status()),
+        Ok(r) => match r.bytes().await {
+            Err(e) => format!("body broke off: {e}"),
+            Ok(b) => panic!("{url}: delivered as complete ({} bytes)", b.len()),
+        },
+    }
+}
