@@ -7,9 +7,12 @@
 //! layer from under a manifest that is still served from the cache, which is how
 //! distribution's proxy breaks cached images (distribution/distribution#2367). Content no root
 //! reaches at all (a blob fetched by digest alone, what an evicted image left behind) competes
-//! by its own last use.
+//! by its own last use. A platform manifest's link is held by every index of the same
+//! repository that reaches it: a client that gets the index from the cache asks the repository
+//! for that manifest by digest next, whenever it last did so itself.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::oci::{Digest, RepoName};
@@ -108,20 +111,60 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
         }
     }
 
-    let mut candidates: Vec<(u64, Candidate)> = Vec::new();
+    // A link that another surviving root of the same repository reaches (an index's
+    // platform manifest) is what serving that index from the cache needs: a client asks the
+    // repository for the child by digest. It becomes a candidate only once every root that
+    // reaches it is gone.
+    let mut held_by: HashMap<&RootKey, u32> = HashMap::new();
+    let mut holds: HashMap<&RootKey, Vec<&RootKey>> = HashMap::new();
+    for root in inv.roots.keys() {
+        if !inv.content.contains_key(&root.digest) {
+            continue;
+        }
+        let mut seen: HashSet<&Digest> = HashSet::new();
+        let mut stack: Vec<&Digest> = vec![&root.digest];
+        while let Some(d) = stack.pop() {
+            for r in inv.refs.get(d).map(|r| &r[..]).unwrap_or_default() {
+                if !seen.insert(r) || *r == root.digest {
+                    continue;
+                }
+                stack.push(r);
+                let key = RootKey {
+                    upstream: root.upstream.clone(),
+                    repo: root.repo.clone(),
+                    digest: r.clone(),
+                };
+                if let Some((child, _)) = inv.roots.get_key_value(&key) {
+                    *held_by.entry(child).or_default() += 1;
+                    holds.entry(root).or_default().push(child);
+                }
+            }
+        }
+    }
+
+    let last_use = |root: &RootKey, modified: u64| -> u64 {
+        atimes.roots.get(root).copied().unwrap_or(0).max(modified)
+    };
+    let mut queue: BinaryHeap<Reverse<(u64, Candidate)>> = BinaryHeap::new();
     for (root, modified) in &inv.roots {
-        if inv.content.contains_key(&root.digest) {
-            let used = atimes.roots.get(root).copied().unwrap_or(0).max(*modified);
-            candidates.push((used, Candidate::Root(root)));
+        if inv.content.contains_key(&root.digest) && !held_by.contains_key(root) {
+            queue.push(Reverse((last_use(root, *modified), Candidate::Root(root))));
         }
     }
-    for (d, o) in &inv.content {
-        if !reached.contains(d) {
-            let used = atimes.blobs.get(d).copied().unwrap_or(0).max(o.modified);
-            candidates.push((used, Candidate::Unreachable(d)));
-        }
+    let unreachable: Vec<&Digest> = inv
+        .content
+        .keys()
+        .filter(|d| !reached.contains(d))
+        .collect();
+    for d in &unreachable {
+        let used = atimes
+            .blobs
+            .get(*d)
+            .copied()
+            .unwrap_or(0)
+            .max(inv.content[*d].modified);
+        queue.push(Reverse((used, Candidate::Unreachable(d))));
     }
-    candidates.sort();
 
     let mut plan = Plan {
         size_before,
@@ -129,21 +172,28 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
         ..Default::default()
     };
     let mut deleted: HashSet<&Digest> = HashSet::new();
-    let mut stopped_at = candidates.len();
-    for (i, (used, c)) in candidates.iter().enumerate() {
-        if plan.size_after <= max_size || *used >= keep_after {
-            stopped_at = i;
+    while let Some(Reverse((used, c))) = queue.pop() {
+        if plan.size_after <= max_size || used >= keep_after {
             break;
         }
         match c {
             Candidate::Unreachable(d) => {
-                let size = inv.content[*d].size;
+                let size = inv.content[d].size;
                 plan.size_after -= size;
-                plan.content.push(((*d).clone(), size));
+                plan.content.push((d.clone(), size));
                 deleted.insert(d);
             }
             Candidate::Root(root) => {
-                plan.roots.push(((*root).clone(), *used));
+                plan.roots.push((root.clone(), used));
+                for child in holds.get(root).into_iter().flatten() {
+                    if let Some(n) = held_by.get_mut(child) {
+                        *n -= 1;
+                        if *n == 0 {
+                            let used = last_use(child, inv.roots[*child]);
+                            queue.push(Reverse((used, Candidate::Root(child))));
+                        }
+                    }
+                }
                 // Release the root's reference; whatever drops to no referrers goes, and
                 // releases what it references in turn.
                 let mut release = vec![&root.digest];
@@ -169,12 +219,10 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
             }
         }
     }
-    plan.unreachable_kept = candidates[stopped_at..]
-        .iter()
-        .filter_map(|(_, c)| match c {
-            Candidate::Unreachable(d) if !deleted.contains(d) => Some((*d).clone()),
-            _ => None,
-        })
+    plan.unreachable_kept = unreachable
+        .into_iter()
+        .filter(|d| !deleted.contains(d))
+        .cloned()
         .collect();
     plan
 }
@@ -282,18 +330,37 @@ mod tests {
         inv.roots.insert(root("app", "amd64"), 10);
         let mut at = Atimes::default();
         at.roots.insert(root("app", "idx"), 90);
-        // The amd64 root is the oldest, but the index (recent) still reaches it: unlinking
-        // it frees nothing, and nothing else may go.
+        // The amd64 link is the oldest, but the index (recent) reaches it: a client that gets
+        // the index asks the repository for it by digest, so the link stays with the index.
         let p = plan(&inv, &at, 10, 50);
-        assert_eq!(p.roots, vec![(root("app", "amd64"), 10)]);
-        assert!(p.content.is_empty());
-        // Once the index is old too, everything goes, manifests before their blobs.
+        assert!(p.roots.is_empty() && p.content.is_empty(), "{p:?}");
+        // Once the index is old too, everything goes, manifests before their blobs, and the
+        // child link right after the index that held it.
         at.roots.insert(root("app", "idx"), 20);
         let p = plan(&inv, &at, 10, 50);
         assert_eq!(p.size_after, 0);
+        assert_eq!(
+            p.roots,
+            vec![(root("app", "idx"), 20), (root("app", "amd64"), 10)]
+        );
         let pos = |x: &str| p.content.iter().position(|(c, _)| *c == d(x)).unwrap();
         assert!(pos("idx") < pos("amd64") && pos("amd64") < pos("l1"));
         assert!(pos("arm64") < pos("l2"));
+    }
+
+    #[test]
+    fn an_index_in_another_repository_does_not_hold_a_link() {
+        let mut inv = inventory(&[("idx", &[]), ("amd64", &[("l1", 100)])], 10);
+        inv.refs.insert(d("idx"), vec![d("amd64")].into());
+        inv.roots.insert(root("a", "idx"), 10);
+        inv.roots.insert(root("b", "amd64"), 10);
+        let mut at = Atimes::default();
+        at.roots.insert(root("a", "idx"), 90);
+        // b's link is not what a's index needs (a's clients ask a): it goes, the content
+        // stays because a's index still reaches it.
+        let p = plan(&inv, &at, 10, 50);
+        assert_eq!(p.roots, vec![(root("b", "amd64"), 10)]);
+        assert!(p.content.is_empty());
     }
 
     #[test]

@@ -229,3 +229,61 @@ async fn a_serving_replica_keeps_the_cache_under_max_size() {
     }
     assert!(!pull(&aw.host(), "app/img0:v1").ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_manifest_stays_linked_while_its_index_is_cached() {
+    let mut up = Upstream::start().await;
+    let seed = unique_seed();
+    let amd64 = Image::new("linux/amd64", vec![random_bytes(seed, 100_000)]);
+    let arm64 = Image::new("linux/arm64", vec![random_bytes(seed + 1, 100_000)]);
+    let filler = Image::new("linux/amd64", vec![random_bytes(seed + 2, 300_000)]);
+    let push = Pusher::new(&up.url(), None);
+    push.index(
+        "app/multi",
+        "latest",
+        &[("linux/amd64", &amd64), ("linux/arm64", &arm64)],
+    )
+    .await;
+    push.image("app/filler", "v1", &filler).await;
+    let settings = Settings {
+        storage_extra: "gc_min_age = \"0s\"\n".into(),
+        ..Settings::single(&up.url())
+    };
+    let mut aw = Archway::start(&settings).await;
+    let pull_arch = |aw: &Archway, arch: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = skopeo::copy_to_oci(
+            &format!("{}/app/multi:latest", aw.host()),
+            dir.path(),
+            &["--override-arch", arch],
+        );
+        assert!(out.ok, "{arch}: {}", out.stderr);
+        assert_eq!(skopeo::copied_arch(dir.path()), arch);
+    };
+    // The arm64 manifest's own last use is the oldest of all; the index is used last.
+    pull_arch(&aw, "arm64");
+    assert!(pull(&aw.host(), "app/filler:v1").ok);
+    pull_arch(&aw, "amd64");
+    assert!(aw.terminate());
+
+    let before = cached(&aw.cache_dir());
+    let total: u64 = before.values().sum();
+    let filler_bytes: u64 = std::iter::once(&filler.digest)
+        .chain(filler.blobs().iter().map(|b| &b.digest))
+        .map(|d| before[d])
+        .sum();
+    let (ok, out) = gc(
+        &aw.config,
+        &["--max-size", &format!("{}B", total - filler_bytes)],
+    );
+    assert!(ok, "{out}");
+    let evicted: Vec<&str> = out.lines().filter(|l| l.starts_with("evict ")).collect();
+    assert_eq!(evicted.len(), 1, "only the filler image goes: {out}");
+    assert!(evicted[0].contains("up/app/filler@"), "{out}");
+
+    // With the upstream gone, the index still leads to a complete arm64 image.
+    up.stop();
+    let aw = Archway::start_in(aw.stop(), &settings).await;
+    pull_arch(&aw, "arm64");
+    pull_arch(&aw, "amd64");
+}
