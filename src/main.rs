@@ -8,6 +8,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 use archway::config::Config;
 use archway::routing::Router;
 
+/// `println!` that ends the process quietly when stdout goes away (`archway gc | head`),
+/// where `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 /// A pull-through OCI registry mirror that gets multi-arch images right.
 #[derive(Parser)]
 #[command(name = "archway", version, about)]
@@ -73,22 +86,22 @@ fn inspect(config: Config, reference: &str, json: bool) -> Result<(), String> {
         registry.inspect(reference).await.map_err(|e| e.to_string())
     })?;
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
         );
         return Ok(());
     }
-    println!("{reference}");
-    println!(
+    say!("{reference}");
+    say!(
         "serves {} ({}{})",
         r.digest,
         r.media_type,
         if r.synthesized { ", synthesized" } else { "" }
     );
-    println!("{:<16} {:<73} {:<48} CHECK", "PLATFORM", "DIGEST", "SOURCE");
+    say!("{:<16} {:<73} {:<48} CHECK", "PLATFORM", "DIGEST", "SOURCE");
     for row in &r.platforms {
-        println!(
+        say!(
             "{:<16} {:<73} {:<48} {}",
             row.platform,
             row.digest.as_deref().unwrap_or("-"),
@@ -126,7 +139,7 @@ fn gc(config: Config, dry_run: bool, max_size: Option<&str>) -> Result<bool, Str
             .map_err(|e| format!("{}: {e}", config.storage.url))
     })?;
     let p = &r.plan;
-    println!(
+    say!(
         "cache {}: {} in {} objects; max_size {}",
         config.storage.url,
         human_bytes(p.size_before),
@@ -135,7 +148,7 @@ fn gc(config: Config, dry_run: bool, max_size: Option<&str>) -> Result<bool, Str
     );
     for (root, used) in &p.roots {
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*used);
-        println!(
+        say!(
             "evict {root}  last used {}",
             humantime::format_rfc3339_seconds(when)
         );
@@ -143,14 +156,14 @@ fn gc(config: Config, dry_run: bool, max_size: Option<&str>) -> Result<bool, Str
     let manifests = p.roots.len();
     let objects = p.content.len();
     let verb = if dry_run { "would free" } else { "freed" };
-    println!(
+    say!(
         "{verb} {} ({manifests} manifest links, {objects} objects); cache {} {}",
         human_bytes(p.freed()),
         if dry_run { "would be" } else { "is now" },
         human_bytes(p.size_after)
     );
     if p.size_after > max {
-        println!(
+        say!(
             "still over max_size: everything left was used within storage.gc_min_age ({})",
             humantime::format_duration(config.storage.gc.min_age)
         );
@@ -218,20 +231,32 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
-                println!("{}: OK", config.display());
-                println!("listen   {}", c.server.listen);
-                println!("storage  {}", c.storage.url);
-                println!(
+                say!("{}: OK", config.display());
+                say!("listen   {}", c.server.listen);
+                say!("storage  {}", c.storage.url);
+                match c.storage.gc.max_size {
+                    Some(max) => say!(
+                        "bounded  max_size {}, gc_interval {}, gc_min_age {}",
+                        archway::gc::human_bytes(max),
+                        humantime::format_duration(c.storage.gc.interval),
+                        humantime::format_duration(c.storage.gc.min_age)
+                    ),
+                    None => say!("bounded  no (storage.max_size unset)"),
+                }
+                say!(
                     "cache    tag_ttl {}, serve_stale {}",
                     humantime::format_duration(c.cache.tag_ttl),
                     c.cache.serve_stale
                 );
-                print!("{}", Router::new(&c.upstreams).describe(&c.upstreams));
-                println!("default platform {}", c.multiarch.default_platform);
+                say!(
+                    "{}",
+                    Router::new(&c.upstreams).describe(&c.upstreams).trim_end()
+                );
+                say!("default platform {}", c.multiarch.default_platform);
                 for f in &c.fallbacks {
-                    println!("fallback {}", f.repository);
+                    say!("fallback {}", f.repository);
                     for (p, t) in &f.platforms {
-                        println!("  {:<14} {t}", p.to_string());
+                        say!("  {:<14} {t}", p.to_string());
                     }
                 }
                 ExitCode::SUCCESS

@@ -1,6 +1,7 @@
 //! Client authentication on the registry port with an htpasswd file (bcrypt), through real
-//! skopeo.
+//! skopeo, `podman login` and `docker login`.
 
+use crate::clients::{podman, podman_env, Dockerd};
 use crate::support::archway::{Archway, Settings};
 use crate::support::images::{Image, Pusher};
 use crate::support::registry::Upstream;
@@ -93,4 +94,43 @@ async fn anonymous_pulls_when_allowed_but_wrong_credentials_still_fail() {
         .await
         .unwrap();
     assert_eq!(oci_error(r).await, (401, "UNAUTHORIZED".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_login_and_docker_login_then_pull() {
+    let (_up, aw) = setup(false).await;
+    let host = aw.host();
+    let image = format!("{host}/team/app:v1");
+
+    let dir = tempfile::tempdir().unwrap();
+    let registries = dir.path().join("registries.conf");
+    std::fs::write(
+        &registries,
+        format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n"),
+    )
+    .unwrap();
+    let mut env = podman_env(dir.path(), &registries);
+    env.push((
+        "REGISTRY_AUTH_FILE".into(),
+        dir.path().join("auth.json").display().to_string(),
+    ));
+    let (ok, _, _) = podman(&env, &["pull", "-q", &image]);
+    assert!(!ok, "podman pulled without logging in");
+    let (ok, _, _) = podman(&env, &["login", "-u", "ci", "-p", "wrong", &host]);
+    assert!(!ok, "podman login accepted a wrong password");
+    let (ok, out, err) = podman(&env, &["login", "-u", "ci", "-p", "let-me-in", &host]);
+    assert!(ok && out.contains("Login Succeeded"), "{out}{err}");
+    let (ok, _, err) = podman(&env, &["pull", "-q", &image]);
+    assert!(ok, "podman pull after login: {err}");
+
+    // dockerd treats 127.0.0.0/8 registries as insecure: plain HTTP is fine.
+    let docker = Dockerd::start(&host);
+    let (ok, _, _) = docker.docker(&["pull", "-q", &image]);
+    assert!(!ok, "docker pulled without logging in");
+    let (ok, _, _) = docker.docker(&["login", "-u", "ci", "-p", "wrong", &host]);
+    assert!(!ok, "docker login accepted a wrong password");
+    let (ok, out, err) = docker.docker(&["login", "-u", "ci", "-p", "let-me-in", &host]);
+    assert!(ok && out.contains("Login Succeeded"), "{out}{err}");
+    let (ok, _, err) = docker.docker(&["pull", "-q", &image]);
+    assert!(ok, "docker pull after login: {err}");
 }

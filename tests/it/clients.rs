@@ -334,14 +334,14 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
 
 /// dockerd 20.10 (Debian's docker.io) with its own containerd, data root and socket, its
 /// `registry-mirrors` taken from deploy/docker/daemon.json.
-struct Dockerd {
+pub struct Dockerd {
     dir: tempfile::TempDir,
     child: Child,
     _containerd: Containerd,
 }
 
 impl Dockerd {
-    fn start(addr: &str) -> Dockerd {
+    pub fn start(addr: &str) -> Dockerd {
         let containerd = Containerd::start();
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
@@ -404,13 +404,15 @@ impl Dockerd {
         dockerd
     }
 
-    fn docker(&self, args: &[&str]) -> (bool, String, String) {
-        // Debian's client, matching the daemon (a newer one may be first on PATH).
+    pub fn docker(&self, args: &[&str]) -> (bool, String, String) {
+        // Debian's client, matching the daemon (a newer one may be first on PATH). Its own
+        // config dir: `docker login` writes credentials there, not into ~/.docker.
         let mut cmd = Command::new("/usr/bin/docker");
         cmd.env(
             "DOCKER_HOST",
             format!("unix://{}", self.dir.path().join("docker.sock").display()),
         )
+        .env("DOCKER_CONFIG", self.dir.path().join("client"))
         .args(args);
         run(cmd)
     }
@@ -483,7 +485,7 @@ async fn skopeo_pulls_through_the_registries_conf_mirror() {
 
 // === podman ===
 
-fn podman_env(dir: &Path, registries: &Path) -> Vec<(String, String)> {
+pub fn podman_env(dir: &Path, registries: &Path) -> Vec<(String, String)> {
     let storage = dir.join("storage.conf");
     std::fs::write(
         &storage,
@@ -516,7 +518,7 @@ fn podman_env(dir: &Path, registries: &Path) -> Vec<(String, String)> {
     ]
 }
 
-fn podman(env: &[(String, String)], args: &[&str]) -> (bool, String, String) {
+pub fn podman(env: &[(String, String)], args: &[&str]) -> (bool, String, String) {
     let mut cmd = Command::new("podman");
     cmd.args(args).envs(env.iter().cloned());
     run(cmd)
