@@ -76,7 +76,16 @@ pub async fn run(
     }
     watch_sighup(live.clone());
     let collector = Arc::new(shared.collector(&registry.config.storage));
-    tokio::spawn(collector.clone().flush_periodically());
+    let gc = &registry.config.storage.gc;
+    if gc.max_size.is_some() {
+        tokio::spawn(collector.clone().flush_periodically());
+        if gc.min_age < 2 * gc::access::FLUSH_INTERVAL {
+            tracing::warn!(
+                gc_min_age = %humantime::format_duration(gc.min_age),
+                "storage.gc_min_age is under twice the access-time flush interval (30s): with several replicas, an image pulled through another one moments ago may be evicted"
+            );
+        }
+    }
     let forget = live.clone();
     tokio::spawn(
         collector

@@ -26,21 +26,27 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 pub struct AccessLog {
     /// Names this replica's journal objects, so replicas never overwrite each other's.
     replica: String,
+    /// Only a bounded cache needs access times; an unbounded one notes nothing and writes no
+    /// journals that nothing would ever compact.
+    enabled: bool,
     pending: Mutex<Atimes>,
-}
-
-impl Default for AccessLog {
-    fn default() -> Self {
-        AccessLog::new()
-    }
+    /// Tells apart journals written within one millisecond.
+    seq: std::sync::atomic::AtomicU64,
 }
 
 impl AccessLog {
-    pub fn new() -> AccessLog {
+    pub fn new(enabled: bool) -> AccessLog {
         AccessLog {
             replica: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            enabled,
             pending: Mutex::new(Atimes::default()),
+            seq: Default::default(),
         }
+    }
+
+    fn journal_key(&self, suffix: &str) -> Path {
+        let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        layout::access_journal(now_millis(), &format!("{}-{n}{suffix}", self.replica))
     }
 
     pub fn replica(&self) -> &str {
@@ -49,6 +55,9 @@ impl AccessLog {
 
     /// Notes that a manifest was served from (or for) a repository.
     pub fn manifest(&self, upstream: &Arc<str>, repo: &RepoName, digest: &Digest) {
+        if !self.enabled {
+            return;
+        }
         let key = RootKey {
             upstream: upstream.clone(),
             repo: repo.clone(),
@@ -62,6 +71,9 @@ impl AccessLog {
 
     /// Notes that a blob was served.
     pub fn blob(&self, digest: &Digest) {
+        if !self.enabled {
+            return;
+        }
         let now = now_millis();
         if let Ok(mut p) = self.pending.lock() {
             p.blobs.insert(digest.clone(), now);
@@ -75,7 +87,7 @@ impl AccessLog {
             Ok(mut p) if !p.roots.is_empty() || !p.blobs.is_empty() => std::mem::take(&mut *p),
             _ => return Ok(()),
         };
-        let key = layout::access_journal(now_millis(), &self.replica);
+        let key = self.journal_key("");
         if let Err(e) = store.put_record(&key, &Journal::from(&batch)).await {
             if let Ok(mut p) = self.pending.lock() {
                 merge(&mut p, batch);
@@ -88,19 +100,32 @@ impl AccessLog {
 
 /// Every replica's journals, merged, with the keys of the objects read.
 pub async fn load(store: &Store) -> Result<(Atimes, Vec<Path>)> {
+    // A journal listed but gone by the time it is read was compacted by a collection on
+    // another replica, which wrote its merged journal first: list again to read that one.
+    for _ in 0..3 {
+        if let Some(loaded) = load_once(store).await? {
+            return Ok(loaded);
+        }
+    }
+    Err(crate::error::Error::Unavailable(
+        "access journals keep changing under this collection (another one is running)".into(),
+    ))
+}
+
+async fn load_once(store: &Store) -> Result<Option<(Atimes, Vec<Path>)>> {
     let metas: Vec<_> = store.list(layout::ACCESS).try_collect().await?;
     let mut all = Atimes::default();
     let mut keys = Vec::new();
     for m in metas {
         match store.get_record::<Journal>(&m.location).await {
             Ok(Some(j)) => merge(&mut all, j.into()),
-            Ok(None) => continue,
+            Ok(None) => return Ok(None),
             // A journal that does not parse is useless: let compaction remove it.
             Err(e) => tracing::warn!(key = %m.location, error = %e, "skipping access journal"),
         }
         keys.push(m.location);
     }
-    Ok((all, keys))
+    Ok(Some((all, keys)))
 }
 
 /// Replaces the journals in `read` by one holding `keep`. Written before the old ones are
@@ -212,8 +237,16 @@ mod tests {
         let repo: RepoName = "library/alpine".parse().unwrap();
         let (m, b) = (Digest::sha256_of(b"m"), Digest::sha256_of(b"b"));
 
-        let one = AccessLog::new();
-        let two = AccessLog::new();
+        let one = AccessLog::new(true);
+        let two = AccessLog::new(true);
+        let off = AccessLog::new(false);
+        off.blob(&b);
+        off.flush(&store).await.unwrap();
+        assert_eq!(
+            load(&store).await.unwrap().1.len(),
+            0,
+            "disabled: nothing written"
+        );
         one.manifest(&up, &repo, &m);
         one.blob(&b);
         one.flush(&store).await.unwrap();

@@ -116,10 +116,15 @@ impl Collector {
         }
         let mut listing = self.list().await?;
         self.load_refs(&mut listing.inventory).await?;
-        let (atimes, journals) = access::load(&self.store).await?;
-        let keep_after =
-            access::now_millis().saturating_sub(self.config.min_age.as_millis() as u64);
-        let plan = plan::plan(&listing.inventory, &atimes, max_size, keep_after);
+        let (mut atimes, mut journals) = access::load(&self.store).await?;
+        let mut plan = self.plan(&listing, &atimes, max_size);
+        if !dry_run && !plan.is_empty() {
+            // Listing a large store takes a while: take in the uses noted meanwhile (here,
+            // and by replicas that flushed since) and plan again before deleting anything.
+            self.access.flush(&self.store).await?;
+            (atimes, journals) = access::load(&self.store).await?;
+            plan = self.plan(&listing, &atimes, max_size);
+        }
         let mut report = Report {
             objects: listing.inventory.content.len(),
             plan,
@@ -127,14 +132,16 @@ impl Collector {
             dry_run,
             errors: 0,
         };
-        if dry_run || (report.plan.roots.is_empty() && report.plan.content.is_empty()) {
+        if dry_run || report.plan.is_empty() {
             return Ok(report);
         }
         report.errors = self.delete(&report.plan, &listing).await;
-        // Keep the access times that still matter: surviving roots, and content no root
-        // reaches (which competes by its own last use).
+        // Keep the access times that still matter: surviving roots, content no root reaches
+        // (which competes by its own last use), and recent uses of anything.
+        let keep_after = self.keep_after();
         let gone: HashSet<&RootKey> = report.plan.roots.iter().map(|(r, _)| r).collect();
         let unreachable: HashSet<&Digest> = report.plan.unreachable_kept.iter().collect();
+        let deleted: HashSet<&Digest> = report.plan.content.iter().map(|(d, _)| d).collect();
         let keep = plan::Atimes {
             roots: atimes
                 .roots
@@ -144,16 +151,31 @@ impl Collector {
             blobs: atimes
                 .blobs
                 .into_iter()
-                .filter(|(d, _)| unreachable.contains(d))
+                .filter(|(d, t)| {
+                    !deleted.contains(d) && (unreachable.contains(d) || *t >= keep_after)
+                })
                 .collect(),
         };
-        access::compact(&self.store, self.access.replica(), &keep, &journals).await?;
+        if let Err(e) = access::compact(&self.store, self.access.replica(), &keep, &journals).await
+        {
+            tracing::warn!(error = %e, "gc: cannot compact the access journals; the next run will");
+            report.errors += 1;
+        }
         if let Ok(mut refs) = self.refs.lock() {
             for (d, _) in &report.plan.content {
                 refs.remove(d);
             }
         }
         Ok(report)
+    }
+
+    /// Uses at or after this moment (epoch millis) protect what they used.
+    fn keep_after(&self) -> u64 {
+        access::now_millis().saturating_sub(self.config.min_age.as_millis() as u64)
+    }
+
+    fn plan(&self, listing: &Listing, atimes: &plan::Atimes, max_size: u64) -> Plan {
+        plan::plan(&listing.inventory, atimes, max_size, self.keep_after())
     }
 
     async fn list(&self) -> Result<Listing> {
@@ -219,8 +241,9 @@ impl Collector {
                     let r = Arc::new(match manifest::parse(&bytes, None) {
                         Ok(m) => Refs::of(m),
                         Err(e) => {
-                            tracing::warn!(digest = %d, error = %e, "gc: cached manifest does not parse; treating it as referencing nothing");
-                            Refs::default()
+                            tracing::warn!(digest = %d, error = %e, "gc: a cached manifest does not parse; no unreferenced content is deleted in this run");
+                            inv.opaque = true;
+                            continue;
                         }
                     });
                     if let Ok(mut cache) = self.refs.lock() {
@@ -237,47 +260,53 @@ impl Collector {
 
     /// Carries out a plan; returns how many deletions failed.
     async fn delete(&self, plan: &Plan, listing: &Listing) -> usize {
-        let mut errors = 0;
-        let mut failed = |what: &Path, e: crate::error::Error| {
-            tracing::warn!(key = %what, error = %e, "gc: delete failed");
-            errors += 1;
-        };
+        let mut errors = 0usize;
         // Tags that point at an evicted root go first, so no pull by tag finds it half gone.
-        let mut evicted: HashMap<(Arc<str>, RepoName), HashSet<&Digest>> = HashMap::new();
-        for (r, _) in &plan.roots {
-            evicted
+        let mut unlinked: HashMap<(Arc<str>, RepoName), HashSet<&Digest>> = HashMap::new();
+        let roots = plan.roots.iter().map(|(r, _)| r).chain(&plan.dangling);
+        for r in roots.clone() {
+            unlinked
                 .entry((r.upstream.clone(), r.repo.clone()))
                 .or_default()
                 .insert(&r.digest);
         }
-        for (repo, digests) in &evicted {
+        for (repo, digests) in &unlinked {
             for key in listing.tags.get(repo).into_iter().flatten() {
                 match self.store.get_record::<TagTarget>(key).await {
                     Ok(Some(t)) if digests.contains(&t.digest) => {
                         if let Err(e) = self.store.delete(key).await {
-                            failed(key, e);
+                            failed(&mut errors, key, e);
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => failed(key, e),
+                    Err(e) => failed(&mut errors, key, e),
                 }
             }
         }
-        for (r, _) in &plan.roots {
+        for r in roots {
             let key = layout::manifest_link(&r.upstream, &r.repo, &r.digest);
             if let Err(e) = self.store.delete(&key).await {
-                failed(&key, e);
+                failed(&mut errors, &key, e);
             }
+        }
+        if errors > 0 {
+            // A tag or link that is still there may lead a client to this content: keep it
+            // all until a later run has removed them.
+            tracing::warn!(
+                errors,
+                "gc: tags or links could not be removed; deleting no content in this run"
+            );
+            return errors;
         }
         for (d, _) in &plan.content {
             for key in listing.blob_links.get(d).into_iter().flatten() {
                 if let Err(e) = self.store.delete(key).await {
-                    failed(key, e);
+                    failed(&mut errors, key, e);
                 }
             }
             let key = layout::blob(d);
             if let Err(e) = self.store.delete(&key).await {
-                failed(&key, e);
+                failed(&mut errors, &key, e);
             }
         }
         errors
@@ -379,6 +408,11 @@ impl Collector {
             tracing::warn!(error = %e, "cannot write access times; keeping them for the next attempt");
         }
     }
+}
+
+fn failed(errors: &mut usize, what: &Path, e: crate::error::Error) {
+    tracing::warn!(key = %what, error = %e, "gc: delete failed");
+    *errors += 1;
 }
 
 /// A byte count for people (`archway gc` output, logs).

@@ -47,6 +47,9 @@ pub struct Inventory {
     pub roots: HashMap<RootKey, u64>,
     /// For each manifest reached: the manifests and blobs it references.
     pub refs: HashMap<Digest, Arc<[Digest]>>,
+    /// Some cached manifest could not be read for its references: content that looks
+    /// unreachable may not be, so none of it is a candidate.
+    pub opaque: bool,
 }
 
 /// Last-use times recorded by the replicas (epoch millis).
@@ -67,11 +70,19 @@ pub struct Plan {
     pub content: Vec<(Digest, u64)>,
     /// Content that no remaining root reaches and that stays (used too recently).
     pub unreachable_kept: Vec<Digest>,
+    /// Links whose manifest is no longer in the store (a delete that failed, a race with a
+    /// fill), unused for longer than the protection window: removed with their tags.
+    pub dangling: Vec<RootKey>,
 }
 
 impl Plan {
     pub fn freed(&self) -> u64 {
         self.size_before - self.size_after
+    }
+
+    /// Nothing to delete.
+    pub fn is_empty(&self) -> bool {
+        self.roots.is_empty() && self.content.is_empty() && self.dangling.is_empty()
     }
 }
 
@@ -156,7 +167,7 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
         .keys()
         .filter(|d| !reached.contains(d))
         .collect();
-    for d in &unreachable {
+    for d in unreachable.iter().filter(|_| !inv.opaque) {
         let used = atimes
             .blobs
             .get(*d)
@@ -171,6 +182,15 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
         size_after: size_before,
         ..Default::default()
     };
+    let content_used = |d: &Digest| -> u64 {
+        atimes
+            .blobs
+            .get(d)
+            .copied()
+            .unwrap_or(0)
+            .max(inv.content.get(d).map_or(0, |o| o.modified))
+    };
+    let mut recent_orphans: Vec<&Digest> = Vec::new();
     let mut deleted: HashSet<&Digest> = HashSet::new();
     while let Some(Reverse((used, c))) = queue.pop() {
         if plan.size_after <= max_size || used >= keep_after {
@@ -203,6 +223,12 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
                     if *n > 0 {
                         continue;
                     }
+                    // A layer fetched moments ago belongs to a pull in progress, whatever
+                    // the manifest's own last use: it stays, and competes later on its own.
+                    if content_used(d) >= keep_after {
+                        recent_orphans.push(d);
+                        continue;
+                    }
                     let size = inv.content[d].size;
                     plan.size_after -= size;
                     plan.content.push((d.clone(), size));
@@ -221,9 +247,19 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
     }
     plan.unreachable_kept = unreachable
         .into_iter()
+        .chain(recent_orphans)
         .filter(|d| !deleted.contains(d))
         .cloned()
         .collect();
+    plan.dangling = inv
+        .roots
+        .iter()
+        .filter(|(r, modified)| {
+            !inv.content.contains_key(&r.digest) && last_use(r, **modified) < keep_after
+        })
+        .map(|(r, _)| r.clone())
+        .collect();
+    plan.dangling.sort();
     plan
 }
 
@@ -409,12 +445,34 @@ mod tests {
     }
 
     #[test]
-    fn a_link_whose_manifest_is_missing_is_not_a_candidate() {
+    fn a_link_whose_manifest_is_missing_is_not_a_candidate_but_is_swept() {
         let mut inv = inventory(&[("m", &[("layer", 100)])], 10);
         inv.roots.insert(root("app", "gone"), 1);
-        let p = plan(&inv, &Atimes::default(), 0, u64::MAX);
+        inv.roots.insert(root("app", "gone-recently"), 500);
+        let p = plan(&inv, &Atimes::default(), 0, 100);
         assert!(p.roots.is_empty());
         // m and its layer are unreachable (no root links m): both go.
         assert_eq!(deleted(&p), sorted(vec![d("m"), d("layer")]));
+        assert_eq!(p.dangling, vec![root("app", "gone")]);
+    }
+
+    #[test]
+    fn a_layer_in_use_outlives_its_evicted_manifest() {
+        let mut inv = inventory(&[("m", &[("old", 100), ("pulling", 100)])], 10);
+        inv.roots.insert(root("app", "m"), 10);
+        let mut at = Atimes::default();
+        at.blobs.insert(d("pulling"), 90);
+        let p = plan(&inv, &at, 0, 50);
+        assert_eq!(p.roots, vec![(root("app", "m"), 10)]);
+        assert_eq!(deleted(&p), sorted(vec![d("m"), d("old")]));
+        assert_eq!(p.unreachable_kept, vec![d("pulling")]);
+    }
+
+    #[test]
+    fn an_unreadable_manifest_keeps_all_unreachable_content() {
+        let mut inv = inventory(&[("m", &[("layer", 100)])], 10);
+        inv.opaque = true;
+        let p = plan(&inv, &Atimes::default(), 0, u64::MAX);
+        assert!(p.content.is_empty());
     }
 }

@@ -5,7 +5,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::records::BlobLink;
+use super::records::{BlobLink, Source};
 use super::{LinkKey, Registry};
 use crate::error::{Error, Result};
 use crate::oci::Digest;
@@ -124,7 +124,14 @@ impl Registry {
         });
         if started {
             self.metrics.fills_in_flight.inc();
-            let own = (!linked).then(|| Arc::new(route.clone()));
+            // Fetched for this repository, it belongs to it from now on; one reached through
+            // a synthesized index keeps naming the fallback it comes from. Written on every
+            // fill, not only when no link was known: the one in memory may be a link a
+            // collection has removed from the store since.
+            let source = (*from != *route).then(|| Source {
+                upstream: self.upstream_name(&from).to_string(),
+                repository: from.repo.to_string(),
+            });
             let (fill, metrics) = (fill.clone(), self.metrics.clone());
             let (store, links, sizes) = (
                 self.store.clone(),
@@ -132,18 +139,15 @@ impl Registry {
                 self.blob_sizes.clone(),
             );
             let link_path = layout::blob_link(self.upstream_name(route), &route.repo, d);
+            let from = from.clone();
             tokio::spawn(async move {
                 match fill.finished().await {
                     Ok(size) => {
                         sizes.insert(fill.digest.clone(), size).await;
-                        // Fetched for this repository: it belongs to it from now on. (An
-                        // existing link, possibly naming a fallback source, is kept.)
-                        if let Some(own) = own {
-                            let link = BlobLink { size, source: None };
-                            match store.put_record(&link_path, &link).await {
-                                Ok(()) => links.insert(key, own).await,
-                                Err(e) => tracing::warn!(error = %e, "cannot record blob link"),
-                            }
+                        let link = BlobLink { size, source };
+                        match store.put_record(&link_path, &link).await {
+                            Ok(()) => links.insert(key, from).await,
+                            Err(e) => tracing::warn!(error = %e, "cannot record blob link"),
                         }
                     }
                     Err(e) => {

@@ -74,6 +74,7 @@ impl Registry {
             match up.head_manifest(&route.repo, tag.as_str()).await {
                 Ok(Some(head)) if head.digest.as_ref() == Some(&rec.digest) => {
                     if let Some(m) = self.load_manifest(&rec.digest, &rec.media_type).await? {
+                        self.restore_if_evicted(route, &m).await?;
                         let rec = TagRecord {
                             checked_at: now,
                             ..rec.clone()
@@ -171,6 +172,27 @@ impl Registry {
                     .inc();
                 self.fetch_and_store(route, &d.to_string(), Some(d)).await
             })
+            .await
+    }
+
+    /// Puts back a manifest that was served from memory while a collection (here or on
+    /// another replica) removed it from the store, so the tag record written next never
+    /// points at nothing. Runs on revalidation only: once per tag TTL, not per request.
+    async fn restore_if_evicted(&self, route: &Route, m: &Manifest) -> Result<()> {
+        if self.store.blob_size(&m.digest).await?.is_some() {
+            return Ok(());
+        }
+        self.store.put_verified(&m.digest, m.bytes.clone()).await?;
+        let link = ManifestLink {
+            media_type: m.media_type.clone(),
+            size: m.bytes.len() as u64,
+            source: None,
+        };
+        self.store
+            .put_record(
+                &layout::manifest_link(self.upstream_name(route), &route.repo, &m.digest),
+                &link,
+            )
             .await
     }
 

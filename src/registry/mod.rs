@@ -48,7 +48,7 @@ impl Shared {
             fills: Fills::new(store.clone()),
             store,
             metrics: Metrics::new(),
-            access: Arc::new(AccessLog::new()),
+            access: Arc::new(AccessLog::new(storage.gc.max_size.is_some())),
         })
     }
 

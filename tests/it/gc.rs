@@ -88,7 +88,8 @@ async fn gc_evicts_the_least_recently_used_image_and_keeps_shared_layers() {
     push.image("app/c", "v1", &c).await;
 
     let settings = Settings {
-        storage_extra: "gc_min_age = \"0s\"\n".into(),
+        // Bounded (access times are kept), but far above what the test caches.
+        storage_extra: "max_size = \"1TiB\"\ngc_min_age = \"0s\"\n".into(),
         ..Settings::single(&up.url())
     };
     let mut aw = Archway::start(&settings).await;
@@ -246,7 +247,8 @@ async fn a_platform_manifest_stays_linked_while_its_index_is_cached() {
     .await;
     push.image("app/filler", "v1", &filler).await;
     let settings = Settings {
-        storage_extra: "gc_min_age = \"0s\"\n".into(),
+        // Bounded (access times are kept), but far above what the test caches.
+        storage_extra: "max_size = \"1TiB\"\ngc_min_age = \"0s\"\n".into(),
         ..Settings::single(&up.url())
     };
     let mut aw = Archway::start(&settings).await;
@@ -286,4 +288,35 @@ async fn a_platform_manifest_stays_linked_while_its_index_is_cached() {
     let aw = Archway::start_in(aw.stop(), &settings).await;
     pull_arch(&aw, "arm64");
     pull_arch(&aw, "amd64");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_replica_repairs_what_a_collection_removed_under_it() {
+    let mut up = Upstream::start().await;
+    let img = Image::new("linux/amd64", vec![random_bytes(unique_seed(), 200_000)]);
+    Pusher::new(&up.url(), None)
+        .image("app/busy", "v1", &img)
+        .await;
+    let settings = Settings {
+        // Every pull revalidates the tag, so the replica keeps serving it from memory.
+        tag_ttl: "0s".into(),
+        storage_extra: "max_size = \"1TiB\"\ngc_min_age = \"0s\"\n".into(),
+        ..Settings::single(&up.url())
+    };
+    let aw = Archway::start(&settings).await;
+    assert!(pull(&aw.host(), "app/busy:v1").ok);
+
+    // Another process (a cron job, another replica) empties the cache under it.
+    let (ok, out) = gc(&aw.config, &["--max-size", "1B"]);
+    assert!(ok && out.contains("evict up/app/busy@"), "{out}");
+    assert!(cached(&aw.cache_dir()).is_empty());
+
+    // The replica still serves the image (its memory, the upstream for the blobs) and puts
+    // back everything the store needs to serve it alone.
+    let out = pull(&aw.host(), "app/busy:v1");
+    assert!(out.ok, "{}", out.stderr);
+    up.stop();
+    let aw = Archway::start_in(aw.stop(), &settings).await;
+    let out = pull(&aw.host(), "app/busy:v1");
+    assert!(out.ok, "offline after repair: {}", out.stderr);
 }
