@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 
-use super::records::{now_millis, BlobLink, ManifestLink, TagRecord, TagState};
+use super::records::{now_millis, BlobLink, ManifestLink, Source, TagRecord, TagState};
 use super::Registry;
 use crate::error::{Error, Result};
 use crate::oci::{manifest, Digest, Hasher, Reference, Tag};
@@ -183,17 +183,35 @@ impl Registry {
             return Ok(());
         }
         self.store.put_verified(&m.digest, m.bytes.clone()).await?;
+        self.link_manifest(route, m, None).await
+    }
+
+    /// Records that `m` belongs to the routed repository — fetched from `source` when that
+    /// is not the repository itself — in the store and in memory.
+    pub(super) async fn link_manifest(
+        &self,
+        route: &Route,
+        m: &Manifest,
+        source: Option<Source>,
+    ) -> Result<()> {
         let link = ManifestLink {
             media_type: m.media_type.clone(),
             size: m.bytes.len() as u64,
-            source: None,
+            source,
         };
         self.store
             .put_record(
                 &layout::manifest_link(self.upstream_name(route), &route.repo, &m.digest),
                 &link,
             )
-            .await
+            .await?;
+        self.manifest_links
+            .insert(
+                (route.upstream, route.repo.clone(), m.digest.clone()),
+                m.media_type.as_str().into(),
+            )
+            .await;
+        Ok(())
     }
 
     /// A manifest from memory or the store, verified against its digest.
@@ -257,11 +275,6 @@ impl Registry {
         self.store
             .put_verified(&digest, fetched.bytes.clone())
             .await?;
-        let link = ManifestLink {
-            media_type: refs.media_type.clone(),
-            size: fetched.bytes.len() as u64,
-            source: None,
-        };
         let store = &self.store;
         let blob_links = refs.blobs.iter().map(|(b, size)| async move {
             store
@@ -275,29 +288,19 @@ impl Registry {
                 .await
         });
         try_join_all(blob_links).await?;
-        store
-            .put_record(
-                &layout::manifest_link(&up.name, &route.repo, &digest),
-                &link,
-            )
-            .await?;
+        let m = Arc::new(Manifest {
+            digest: digest.clone(),
+            media_type: refs.media_type,
+            bytes: fetched.bytes,
+        });
+        // Linked after its blobs: whoever finds the link finds them linked too.
+        self.link_manifest(route, &m, None).await?;
         let own = Arc::new(route.clone());
         for (b, _) in &refs.blobs {
             self.blob_links
                 .insert((route.upstream, route.repo.clone(), b.clone()), own.clone())
                 .await;
         }
-        let m = Arc::new(Manifest {
-            digest: digest.clone(),
-            media_type: refs.media_type,
-            bytes: fetched.bytes,
-        });
-        self.manifest_links
-            .insert(
-                (route.upstream, route.repo.clone(), digest.clone()),
-                m.media_type.as_str().into(),
-            )
-            .await;
         self.manifests.insert(digest, m.clone()).await;
         Ok(m)
     }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::manifests::Manifest;
-use super::records::{BlobLink, ManifestLink, Source};
+use super::records::{BlobLink, Source};
 use super::Registry;
 use crate::error::{Error, Result};
 use crate::multiarch::{self, config_platform, descriptor, descriptor_platform};
@@ -446,41 +446,9 @@ impl Registry {
                     )
                     .await;
             }
-            let link = ManifestLink {
-                media_type: a.child.media_type.clone(),
-                size: a.child.bytes.len() as u64,
-                source: Some(source),
-            };
-            self.store
-                .put_record(
-                    &layout::manifest_link(&up, &route.repo, &a.child.digest),
-                    &link,
-                )
-                .await?;
-            self.manifest_links
-                .insert(
-                    (route.upstream, route.repo.clone(), a.child.digest.clone()),
-                    a.child.media_type.as_str().into(),
-                )
-                .await;
+            self.link_manifest(route, &a.child, Some(source)).await?;
         }
-        let link = ManifestLink {
-            media_type: index.media_type.clone(),
-            size: index.bytes.len() as u64,
-            source: None,
-        };
-        self.store
-            .put_record(
-                &layout::manifest_link(&up, &route.repo, &index.digest),
-                &link,
-            )
-            .await?;
-        self.manifest_links
-            .insert(
-                (route.upstream, route.repo.clone(), index.digest.clone()),
-                index.media_type.as_str().into(),
-            )
-            .await;
+        self.link_manifest(route, index, None).await?;
         self.manifests
             .insert(index.digest.clone(), index.clone())
             .await;

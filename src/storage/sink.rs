@@ -336,6 +336,12 @@ mod tests {
         Some(chunks.concat())
     }
 
+    async fn read_range(store: &Store, d: &Digest, r: std::ops::Range<u64>) -> Vec<u8> {
+        let s = store.read_blob(d, Some(r)).await.unwrap().unwrap();
+        let chunks: Vec<Bytes> = s.try_collect().await.unwrap();
+        chunks.concat()
+    }
+
     #[tokio::test]
     async fn verified_blob_becomes_visible_only_after_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -353,28 +359,12 @@ mod tests {
             );
             assert_eq!(store.blob_size(&d).await.unwrap(), Some(data.len() as u64));
             assert_eq!(read_all(&store, &d).await.unwrap(), data);
-            let part: Vec<Bytes> = store
-                .read_blob(&d, Some(10..20))
-                .await
-                .unwrap()
-                .unwrap()
-                .try_collect()
-                .await
-                .unwrap();
-            assert_eq!(part.concat(), &data[10..20]);
+            assert_eq!(read_range(&store, &d, 10..20).await, &data[10..20]);
             // Large ranges of local files are sent from memory maps: unaligned offsets and
             // ends that are not a multiple of the map window.
             for r in [4097..2_900_001u64, 0..1_048_576, 1_000_000..3_000_000] {
-                let part: Vec<Bytes> = store
-                    .read_blob(&d, Some(r.clone()))
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .try_collect()
-                    .await
-                    .unwrap();
                 assert_eq!(
-                    part.concat(),
+                    read_range(&store, &d, r.clone()).await,
                     &data[r.start as usize..r.end as usize],
                     "{r:?}"
                 );

@@ -5,7 +5,7 @@ use crate::clients::{podman, podman_env, Dockerd};
 use crate::support::archway::{Archway, Settings};
 use crate::support::images::{Image, Pusher};
 use crate::support::registry::Upstream;
-use crate::support::{http, oci_error, random_bytes, skopeo, unique_seed};
+use crate::support::{htpasswd, http, oci_error, random_bytes, skopeo, unique_seed};
 
 async fn setup(anonymous: bool) -> (Upstream, Archway) {
     let up = Upstream::start().await;
@@ -14,12 +14,7 @@ async fn setup(anonymous: bool) -> (Upstream, Archway) {
         .image("team/app", "v1", &img)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(
-        &htpasswd,
-        format!("ci:{}\n", bcrypt::hash("let-me-in", 4).unwrap()),
-    )
-    .unwrap();
+    let htpasswd = htpasswd(dir.path(), "ci", "let-me-in");
     let aw = Archway::start(&Settings {
         extra: format!(
             "\n[auth]\nhtpasswd = \"{}\"\nanonymous = {anonymous}\n",

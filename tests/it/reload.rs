@@ -102,12 +102,7 @@ async fn sighup_applies_a_new_config_to_open_connections() {
 
     // The new config adds an upstream and requires logins.
     let dir = tempfile::tempdir().unwrap();
-    let htpasswd = dir.path().join("htpasswd");
-    std::fs::write(
-        &htpasswd,
-        format!("ci:{}\n", bcrypt::hash("let-me-in", 4).unwrap()),
-    )
-    .unwrap();
+    let htpasswd = crate::support::htpasswd(dir.path(), "ci", "let-me-in");
     settings.upstreams.push(UpstreamSpec::new(
         "second",
         &two.url(),

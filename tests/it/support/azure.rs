@@ -22,14 +22,7 @@ pub struct Azurite {
 }
 
 fn binary() -> String {
-    let tools =
-        std::env::var("ARCHWAY_TEST_TOOLS").unwrap_or_else(|_| "/opt/archway-test-tools".into());
-    let local = format!("{tools}/azurite/node_modules/.bin/azurite-blob");
-    if std::path::Path::new(&local).exists() {
-        local
-    } else {
-        "azurite-blob".into()
-    }
+    super::test_tool("azurite/node_modules/.bin/azurite-blob", "azurite-blob")
 }
 
 impl Azurite {

@@ -154,3 +154,24 @@ pub async fn get_expecting_failure(url: &str) -> String {
         },
     }
 }
+
+/// Writes an htpasswd file with one bcrypt entry (as `htpasswd -B` does) into `dir`.
+pub fn htpasswd(dir: &std::path::Path, user: &str, password: &str) -> std::path::PathBuf {
+    let path = dir.join("htpasswd");
+    let hash = bcrypt::hash(password, 4).expect("bcrypt");
+    std::fs::write(&path, format!("{user}:{hash}\n")).expect("write htpasswd");
+    path
+}
+
+/// A test tool installed by `scripts/install-test-deps.sh` under
+/// `$ARCHWAY_TEST_TOOLS` (default `/opt/archway-test-tools`), else `name` on PATH.
+pub fn test_tool(under_tools: &str, name: &str) -> String {
+    let tools =
+        std::env::var("ARCHWAY_TEST_TOOLS").unwrap_or_else(|_| "/opt/archway-test-tools".into());
+    let local = format!("{tools}/{under_tools}");
+    if std::path::Path::new(&local).exists() {
+        local
+    } else {
+        name.into()
+    }
+}

@@ -13,14 +13,7 @@ pub struct S3 {
 }
 
 fn moto_binary() -> String {
-    let tools =
-        std::env::var("ARCHWAY_TEST_TOOLS").unwrap_or_else(|_| "/opt/archway-test-tools".into());
-    let venv = format!("{tools}/venv/bin/moto_server");
-    if std::path::Path::new(&venv).exists() {
-        venv
-    } else {
-        "moto_server".into()
-    }
+    super::test_tool("venv/bin/moto_server", "moto_server")
 }
 
 impl S3 {
