@@ -104,10 +104,21 @@ pub async fn run(
         "archway is serving"
     );
     drop(registry);
+    // One grace period for everything after the signal: in-flight responses, then fills
+    // (tasks of their own, so a restart does not throw away half-fetched layers). It has to
+    // fit in what orchestrators wait before SIGKILL (40 s in deploy/).
+    let asked = Arc::new(std::sync::OnceLock::new());
+    let noted = asked.clone();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = noted.set(tokio::time::Instant::now());
+    };
     http::serve(listener, live.clone(), tls, shutdown).await;
-    // Fills are tasks of their own: give the ones in flight the same grace to finish, so a
-    // restart does not throw away half-fetched layers.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = asked
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now)
+        + http::SHUTDOWN_GRACE;
     while live.registry().fills_in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

@@ -3,9 +3,10 @@
 //!
 //! A run lists the store (content, manifest links, tags, blob links), reads the manifests that
 //! links reach to learn what references what, merges every replica's access journal, and
-//! plans with [`plan::plan`]. Deletion goes in the reverse order of a fill — tags, then
-//! manifest links, then manifests, then blob links and blobs — so no tag or link is ever left
-//! pointing at content that is gone while the rest of it is still there.
+//! plans with [`plan::plan`]. Deletion goes in the reverse order of a fill — first the tags
+//! and manifest links of evicted images, then each content object after its blob links,
+//! manifests before what they reference — so no tag or link is ever left pointing at content
+//! that is gone.
 //!
 //! Replicas sharing a bucket may each run; deletes are idempotent and every replica's
 //! recent use is in the journals (or within `gc_min_age`, which nothing younger than is
@@ -132,30 +133,24 @@ impl Collector {
             dry_run,
             errors: 0,
         };
-        if dry_run || report.plan.is_empty() {
+        if dry_run {
+            return Ok(report);
+        }
+        if report.plan.is_empty() {
+            // Under the limit: still fold the journals written since into one, so they do
+            // not pile up between evictions.
+            if journals.len() > 1 {
+                let keep = prune(atimes, &listing, &report.plan, self.keep_after());
+                if let Err(e) =
+                    access::compact(&self.store, self.access.replica(), &keep, &journals).await
+                {
+                    tracing::warn!(error = %e, "gc: cannot compact the access journals");
+                }
+            }
             return Ok(report);
         }
         report.errors = self.delete(&report.plan, &listing).await;
-        // Keep the access times that still matter: surviving roots, content no root reaches
-        // (which competes by its own last use), and recent uses of anything.
-        let keep_after = self.keep_after();
-        let gone: HashSet<&RootKey> = report.plan.roots.iter().map(|(r, _)| r).collect();
-        let unreachable: HashSet<&Digest> = report.plan.unreachable_kept.iter().collect();
-        let deleted: HashSet<&Digest> = report.plan.content.iter().map(|(d, _)| d).collect();
-        let keep = plan::Atimes {
-            roots: atimes
-                .roots
-                .into_iter()
-                .filter(|(k, _)| listing.inventory.roots.contains_key(k) && !gone.contains(k))
-                .collect(),
-            blobs: atimes
-                .blobs
-                .into_iter()
-                .filter(|(d, t)| {
-                    !deleted.contains(d) && (unreachable.contains(d) || *t >= keep_after)
-                })
-                .collect(),
-        };
+        let keep = prune(atimes, &listing, &report.plan, self.keep_after());
         if let Err(e) = access::compact(&self.store, self.access.replica(), &keep, &journals).await
         {
             tracing::warn!(error = %e, "gc: cannot compact the access journals; the next run will");
@@ -299,10 +294,15 @@ impl Collector {
             return errors;
         }
         for (d, _) in &plan.content {
+            let before = errors;
             for key in listing.blob_links.get(d).into_iter().flatten() {
                 if let Err(e) = self.store.delete(key).await {
                     failed(&mut errors, key, e);
                 }
+            }
+            if errors > before {
+                // A link left behind would name a blob that is gone: keep the blob too.
+                continue;
             }
             let key = layout::blob(d);
             if let Err(e) = self.store.delete(&key).await {
@@ -415,7 +415,60 @@ fn failed(errors: &mut usize, what: &Path, e: crate::error::Error) {
     *errors += 1;
 }
 
+/// The access times that still matter after `plan`: surviving roots, content no root
+/// reaches (which competes by its own last use), and recent uses of anything.
+fn prune(atimes: plan::Atimes, listing: &Listing, plan: &Plan, keep_after: u64) -> plan::Atimes {
+    let gone: HashSet<&RootKey> = plan.roots.iter().map(|(r, _)| r).collect();
+    let unreachable: HashSet<&Digest> = plan.unreachable_kept.iter().collect();
+    let deleted: HashSet<&Digest> = plan.content.iter().map(|(d, _)| d).collect();
+    plan::Atimes {
+        roots: atimes
+            .roots
+            .into_iter()
+            .filter(|(k, _)| listing.inventory.roots.contains_key(k) && !gone.contains(k))
+            .collect(),
+        blobs: atimes
+            .blobs
+            .into_iter()
+            .filter(|(d, t)| !deleted.contains(d) && (unreachable.contains(d) || *t >= keep_after))
+            .collect(),
+    }
+}
+
 /// A byte count for people (`archway gc` output, logs).
 pub fn human_bytes(n: u64) -> String {
     bytesize::ByteSize(n).display().iec().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Digest;
+
+    #[tokio::test]
+    async fn journals_are_folded_even_when_nothing_is_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::from_object_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            dir.path().to_path_buf(),
+        );
+        let access = Arc::new(AccessLog::new(true));
+        let up: Arc<str> = "hub".into();
+        let repo: RepoName = "app".parse().unwrap();
+        for i in 0..3u8 {
+            access.manifest(&up, &repo, &Digest::sha256_of(&[i]));
+            access.flush(&store).await.unwrap();
+        }
+        assert_eq!(access::load(&store).await.unwrap().1.len(), 3);
+        let gc = Collector::new(store.clone(), GcConfig::default(), access);
+        let r = gc.run(u64::MAX, true).await.unwrap();
+        assert!(r.plan.is_empty());
+        assert_eq!(
+            access::load(&store).await.unwrap().1.len(),
+            3,
+            "a dry run writes nothing"
+        );
+        gc.run(u64::MAX, false).await.unwrap();
+        assert_eq!(access::load(&store).await.unwrap().1.len(), 1);
+    }
 }

@@ -26,8 +26,8 @@ use crate::live::Live;
 /// Response body: in-memory bytes or a stream from the cache or a fill.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// How long in-flight responses get to finish after shutdown is asked for.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long in-flight responses (and then fills) get to finish after shutdown is asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// Serves the registry API on `listener` until `shutdown` resolves, then lets in-flight
 /// connections finish for up to [`SHUTDOWN_GRACE`].

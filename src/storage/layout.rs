@@ -6,7 +6,7 @@
 //! repositories/<upstream>/<repo>/_manifests/<alg>/<hex>      manifest link: {mediaType, size}
 //! repositories/<upstream>/<repo>/_tags/<tag>                 tag record: {digest, mediaType, size, checkedAt}
 //! repositories/<upstream>/<repo>/_blobs/<alg>/<hex>          blob link: {size}
-//! access/<epoch millis>-<replica>.json                       access times, written in batches
+//! access/<epoch millis>-<replica>-<n>.json                   access times, written in batches
 //! ```
 //! Repository components start with `[a-z0-9]`, so the `_`-prefixed directories can never
 //! collide with a repository name.
