@@ -28,7 +28,8 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 const BYTES: HeaderValue = HeaderValue::from_static("bytes");
 
-/// Where a response's bytes came from, for the access log (`cache` or `upstream`).
+/// Where a response's bytes came from, for the access log: `cache` or `upstream` (and for
+/// manifests also `stale`, or `-` when the request joined another one's fetch).
 #[derive(Clone, Copy, Debug)]
 pub struct Served(pub &'static str);
 
@@ -198,11 +199,13 @@ async fn manifest<B>(
             .filter_map(|v| v.to_str().ok()),
     );
     let ua = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok());
-    let m = registry
-        .manifest_for_client(route, reference, &accept, ua)
-        .await?;
+    let (m, outcome) =
+        crate::registry::with_outcome(registry.manifest_for_client(route, reference, &accept, ua))
+            .await;
+    let m = m?;
     let digest = m.digest.to_string();
     let mut r = Response::new(if head { empty() } else { full(m.bytes.clone()) });
+    r.extensions_mut().insert(Served(outcome));
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, header(&m.media_type)?);
     h.insert(CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));

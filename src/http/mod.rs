@@ -129,7 +129,7 @@ async fn respond(
         status = resp.status().as_u16(),
         bytes = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-"),
         ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-        cache = resp.extensions().get::<handlers::Served>().map_or("-", |s| s.0),
+        cache = %resp.extensions().get::<handlers::Served>().map_or("-", |s| s.0),
         "request"
     );
     resp

@@ -37,7 +37,7 @@ impl Registry {
         if let Some(st) = self.tags.get(&key).await {
             if st.fresh(now_millis()) {
                 if let Some(m) = self.manifests.get(&st.record.digest).await {
-                    self.metrics.cache_hits.with_label_values(&["tag"]).inc();
+                    self.hit("tag");
                     return Ok(m);
                 }
             }
@@ -66,7 +66,7 @@ impl Registry {
             if st.fresh(now) {
                 if let Some(m) = self.load_manifest(&rec.digest, &rec.media_type).await? {
                     self.tags.insert(key, st.clone()).await;
-                    self.metrics.cache_hits.with_label_values(&["tag"]).inc();
+                    self.hit("tag");
                     return Ok(m);
                 }
             }
@@ -83,7 +83,7 @@ impl Registry {
                         self.tags
                             .insert(key, Arc::new(TagState::new(rec, ttl)))
                             .await;
-                        self.metrics.cache_hits.with_label_values(&["tag"]).inc();
+                        self.hit("tag");
                         return Ok(m);
                     }
                 }
@@ -103,6 +103,7 @@ impl Registry {
                             "upstream unavailable; serving the last known manifest"
                         );
                         self.metrics.stale_serves.inc();
+                        super::served_from("stale");
                         // Trust the old answer for another TTL rather than hammering an
                         // upstream that is down.
                         let mut st = (**st).clone();
@@ -115,7 +116,7 @@ impl Registry {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.metrics.cache_misses.with_label_values(&["tag"]).inc();
+        self.miss("tag");
         let m = self.fetch_and_store(route, tag.as_str(), None).await?;
         let rec = TagRecord {
             digest: m.digest.clone(),
@@ -134,10 +135,7 @@ impl Registry {
         let key = (route.upstream, route.repo.clone(), d.clone());
         if self.manifest_links.contains_key(&key) {
             if let Some(m) = self.manifests.get(d).await {
-                self.metrics
-                    .cache_hits
-                    .with_label_values(&["manifest"])
-                    .inc();
+                self.hit("manifest");
                 return Ok(m);
             }
         }
@@ -159,17 +157,11 @@ impl Registry {
                 if let Some(mt) = link {
                     if let Some(m) = self.load_manifest(d, &mt).await? {
                         self.manifest_links.insert(key, mt.into()).await;
-                        self.metrics
-                            .cache_hits
-                            .with_label_values(&["manifest"])
-                            .inc();
+                        self.hit("manifest");
                         return Ok(m);
                     }
                 }
-                self.metrics
-                    .cache_misses
-                    .with_label_values(&["manifest"])
-                    .inc();
+                self.miss("manifest");
                 self.fetch_and_store(route, &d.to_string(), Some(d)).await
             })
             .await

@@ -31,6 +31,39 @@ use records::TagState;
 type LinkKey = (usize, RepoName, Digest);
 type TagKey = (usize, RepoName, Tag);
 
+tokio::task_local! {
+    /// Where the manifest being answered came from (`cache`, `upstream`, `stale`), for the
+    /// access log; set while [`with_outcome`] runs a request.
+    static OUTCOME: std::cell::Cell<&'static str>;
+}
+
+/// Runs `f` (a request's registry call) and reports where its manifest came from, or `-`
+/// when it joined another request's fetch.
+pub async fn with_outcome<F: std::future::Future>(f: F) -> (F::Output, &'static str) {
+    OUTCOME
+        .scope(std::cell::Cell::new("-"), async {
+            let v = f.await;
+            (v, OUTCOME.with(|c| c.get()))
+        })
+        .await
+}
+
+/// Notes where content came from; the worse of two outcomes wins (a tag served stale whose
+/// index was cached was served stale).
+fn served_from(outcome: &'static str) {
+    let rank = |o: &str| match o {
+        "stale" => 3,
+        "upstream" => 2,
+        "cache" => 1,
+        _ => 0,
+    };
+    let _ = OUTCOME.try_with(|c| {
+        if rank(outcome) > rank(c.get()) {
+            c.set(outcome);
+        }
+    });
+}
+
 /// What outlives a configuration reload: the store and its in-flight fills, the metrics, and
 /// the access times not yet written out.
 #[derive(Clone)]
@@ -220,6 +253,16 @@ impl Registry {
             self.manifests.invalidate(d).await;
             self.blob_sizes.invalidate(d).await;
         }
+    }
+
+    fn hit(&self, kind: &str) {
+        self.metrics.cache_hits.with_label_values(&[kind]).inc();
+        served_from("cache");
+    }
+
+    fn miss(&self, kind: &str) {
+        self.metrics.cache_misses.with_label_values(&[kind]).inc();
+        served_from("upstream");
     }
 
     /// Notes that `digest` was served for the routed repository (for the bounded cache).

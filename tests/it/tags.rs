@@ -46,6 +46,11 @@ async fn within_the_ttl_a_moved_tag_is_served_from_cache() {
     }
     assert_eq!(up.count("GET", "/v2/ttl/app/manifests/latest"), 1);
     assert_eq!(up.count("HEAD", "/v2/ttl/app/manifests/latest"), 0);
+    assert_eq!(
+        aw.access_outcomes("/v2/ttl/app/manifests/latest"),
+        ["upstream", "cache", "cache", "cache"],
+        "the access log says where each answer came from"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,6 +98,7 @@ async fn stale_tag_served_when_upstream_is_down_unless_disabled() {
     up.stop();
     assert_eq!(digest_of(&aw, path).await, (200, a.digest.clone()));
     assert!(aw.log_text().contains("serving the last known manifest"));
+    assert_eq!(aw.access_outcomes(path), ["upstream", "stale"]);
     let (status, _) = digest_of(&strict, path).await;
     assert_eq!(status, 503, "serve_stale = false: the outage is reported");
 }

@@ -199,6 +199,20 @@ impl Archway {
         out
     }
 
+    /// The `cache=` outcome of each access-log line for `path`, in order.
+    pub fn access_outcomes(&self, path: &str) -> Vec<String> {
+        let needle = format!(" path={path} ");
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("archway::access") && l.contains(&needle))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("cache="))
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
     /// Replaces the config file (for a reload); `{port}` is the registry port.
     pub fn write_config(&self, text: &str) {
         std::fs::write(&self.config, text).expect("write config");
