@@ -1,6 +1,6 @@
 //! The small JSON records kept in the object store beside the content: tags and links.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -66,9 +66,5 @@ impl TagState {
     }
 }
 
-pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Wall-clock epoch millis: the one clock tag records and access times share.
+pub use crate::gc::access::now_millis;

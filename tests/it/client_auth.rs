@@ -28,6 +28,15 @@ async fn setup(anonymous: bool) -> (Upstream, Archway) {
     (up, aw)
 }
 
+/// GETs `path` from archway, as user `ci` with `password` if given.
+async fn get(aw: &Archway, path: &str, password: Option<&str>) -> reqwest::Response {
+    let mut r = http().get(format!("{}{path}", aw.url()));
+    if let Some(p) = password {
+        r = r.basic_auth("ci", Some(p));
+    }
+    r.send().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htpasswd_login_is_required_unless_anonymous_is_allowed() {
     let (_up, aw) = setup(false).await;
@@ -41,38 +50,19 @@ async fn htpasswd_login_is_required_unless_anonymous_is_allowed() {
     let out = skopeo::copy_to_oci(&src, dir.path(), &["--src-creds", "ci:wrong"]);
     assert!(!out.ok, "wrong credentials got through");
 
-    let r = http()
-        .get(format!("{}/v2/", aw.url()))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&aw, "/v2/", None).await;
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"archway\"");
     assert_eq!(oci_error(r).await, (401, "UNAUTHORIZED".into()));
-    let r = http()
-        .get(format!("{}/v2/", aw.url()))
-        .basic_auth("ci", Some("let-me-in"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&aw, "/v2/", Some("let-me-in")).await;
     assert_eq!(r.status(), 200);
     assert!(!aw.log_text().contains("let-me-in"));
 
     // Repeated failures from one address are throttled, even with the right password next.
     for _ in 0..10 {
-        let _ = http()
-            .get(format!("{}/v2/", aw.url()))
-            .basic_auth("ci", Some("guess"))
-            .send()
-            .await
-            .unwrap();
+        get(&aw, "/v2/", Some("guess")).await;
     }
-    let r = http()
-        .get(format!("{}/v2/", aw.url()))
-        .basic_auth("ci", Some("let-me-in"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&aw, "/v2/", Some("let-me-in")).await;
     assert_eq!(oci_error(r).await, (429, "TOOMANYREQUESTS".into()));
 }
 
@@ -82,12 +72,7 @@ async fn anonymous_pulls_when_allowed_but_wrong_credentials_still_fail() {
     let dir = tempfile::tempdir().unwrap();
     let out = skopeo::copy_to_oci(&format!("{}/team/app:v1", aw.host()), dir.path(), &[]);
     assert!(out.ok, "{}", out.stderr);
-    let r = http()
-        .get(format!("{}/v2/team/app/manifests/v1", aw.url()))
-        .basic_auth("ci", Some("wrong"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&aw, "/v2/team/app/manifests/v1", Some("wrong")).await;
     assert_eq!(oci_error(r).await, (401, "UNAUTHORIZED".into()));
 }
 

@@ -84,12 +84,7 @@ async fn fixture() -> Fixture {
         .await;
     let settings = Settings {
         upstreams: vec![
-            UpstreamSpec::new(
-                "hub",
-                &hub.url(),
-                &["docker.io", "registry-1.docker.io"],
-                true,
-            ),
+            UpstreamSpec::hub(&hub.url()),
             UpstreamSpec::new("quay", &quay.url(), &["quay.io", "ghcr.io"], false),
         ],
         extra: r#"
@@ -202,8 +197,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::support::reap(&mut self.child);
     }
 }
 
@@ -420,8 +414,7 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::support::reap(&mut self.child);
     }
 }
 

@@ -68,12 +68,7 @@ repository = "docker.io/thinklab/go-hello-world"
 
 fn settings(up: &Upstream, ttl: &str, extra: &str) -> Settings {
     Settings {
-        upstreams: vec![UpstreamSpec::new(
-            "hub",
-            &up.url(),
-            &["docker.io", "registry-1.docker.io"],
-            true,
-        )],
+        upstreams: vec![UpstreamSpec::hub(&up.url())],
         tag_ttl: ttl.into(),
         extra: format!("{FALLBACKS}{extra}"),
         ..Settings::single(&up.url())

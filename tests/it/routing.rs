@@ -22,12 +22,7 @@ async fn ns_parameter_path_prefix_default_and_library() {
 
     let settings = Settings {
         upstreams: vec![
-            UpstreamSpec::new(
-                "hub",
-                &hub.url(),
-                &["docker.io", "registry-1.docker.io"],
-                true,
-            ),
+            UpstreamSpec::hub(&hub.url()),
             UpstreamSpec::new("quay", &quay.url(), &["quay.io"], false),
         ],
         ..Settings::single("http://unused")

@@ -27,6 +27,11 @@ pub struct UpstreamSpec {
 }
 
 impl UpstreamSpec {
+    /// The default upstream, answering for Docker Hub's host names.
+    pub fn hub(url: &str) -> UpstreamSpec {
+        UpstreamSpec::new("hub", url, &["docker.io", "registry-1.docker.io"], true)
+    }
+
     pub fn new(name: &str, url: &str, hosts: &[&str], default: bool) -> UpstreamSpec {
         UpstreamSpec {
             name: name.into(),
@@ -253,8 +258,7 @@ impl Archway {
 
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            super::reap(&mut c);
         }
     }
 }

@@ -84,8 +84,7 @@ impl Azurite {
 
     /// Stops the server (its data stays on disk for the test's lifetime).
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::reap(&mut self.child);
     }
 
     async fn signed(&self, method: &str, path: &str, query: &str) -> u16 {

@@ -175,3 +175,9 @@ pub fn test_tool(under_tools: &str, name: &str) -> String {
         name.into()
     }
 }
+
+/// Stops a server process a test started, and reaps it.
+pub fn reap(child: &mut std::process::Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -95,8 +95,7 @@ impl Upstream {
     /// Stops the registry (the upstream "goes down").
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            super::reap(&mut c);
         }
     }
 

@@ -83,7 +83,6 @@ impl S3 {
 
 impl Drop for S3 {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::reap(&mut self.child);
     }
 }
