@@ -1,8 +1,12 @@
-# make test: everything CI runs. make run: the mirror with config/archway.toml.
-.PHONY: test test-deps lint run bench
+# make test: everything CI runs. make unit: the unit tests alone (seconds, no root, no
+# installs). make run: the mirror with config/archway.toml.
+.PHONY: test unit test-deps lint run bench
 
 test: test-deps lint
 	cargo test --all-targets
+
+unit:
+	cargo test --lib
 
 test-deps:
 	./scripts/install-test-deps.sh

@@ -1,58 +1,109 @@
-//! The one error type that services return, and its mapping to an OCI error response.
+//! The errors a request can end in: what each means for the client (its OCI code and HTTP
+//! status), with the cause kept as `source()` rather than flattened into a string.
 //!
-//! Every failure a client can see goes through [`Error::code`] and [`Error::status`], so the
-//! wire format (`{"errors":[{"code","message","detail"}]}`) is rendered in exactly one place.
+//! Services and the store return [`Error`]; `http::errors` renders it on the wire, and is the
+//! only place that does. Causes travel with it (the upstream's transport error, the object
+//! store's), so logs and the OCI `detail` show the whole chain.
+
+use std::sync::Arc;
 
 use http::StatusCode;
 
-use crate::oci::Digest;
+use crate::oci::manifest::ManifestError;
+use crate::oci::{DigestError, NameError};
+use crate::upstream::{Failure, UpstreamError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    #[error("invalid repository name: {0}")]
-    NameInvalid(String),
+    #[error("invalid repository name")]
+    NameInvalid(#[source] NameError),
+    /// An image reference (`registry/repository:tag`) that does not parse.
+    #[error("invalid reference: {0}")]
+    ReferenceInvalid(String),
+    /// No upstream serves the name (or no such endpoint).
     #[error("{0}")]
     NameUnknown(String),
     #[error("manifest unknown: {0}")]
     ManifestUnknown(String),
     #[error("manifest invalid: {0}")]
     ManifestInvalid(String),
+    /// A manifest the upstream sent that archway cannot read.
+    #[error("upstream {upstream} sent an unusable manifest for {reference}")]
+    ManifestUnusable {
+        upstream: String,
+        reference: String,
+        #[source]
+        cause: Arc<ManifestError>,
+    },
     #[error("blob unknown to registry: {0}")]
     BlobUnknown(String),
-    #[error("invalid digest: {0}")]
-    DigestInvalid(String),
-    #[error("invalid tag: {0}")]
-    TagInvalid(String),
+    #[error("invalid digest")]
+    DigestInvalid(#[source] DigestError),
+    #[error("invalid tag")]
+    TagInvalid(#[source] NameError),
     #[error("{0}")]
     Unsupported(String),
     #[error("invalid pagination: {0}")]
     PaginationInvalid(String),
-    #[error("upstream rate limit exceeded: {0}")]
-    TooManyRequests(String),
-    #[error("upstream denied access: {0}")]
-    Denied(String),
+    /// Too many requests from this client (failed logins).
     #[error("{0}")]
-    Unauthorized(String),
-    #[error("upstream unavailable: {0}")]
-    Unavailable(String),
+    TooManyRequests(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The upstream failed; what that means for the client depends on how (see
+    /// [`UpstreamError::failure`]).
+    #[error("{}", upstream_summary(.0))]
+    Upstream(#[source] Arc<UpstreamError>),
     #[error("upstream sent content with digest {actual}, expected {expected}")]
-    DigestMismatch { expected: Digest, actual: Digest },
+    DigestMismatch {
+        expected: crate::oci::Digest,
+        actual: crate::oci::Digest,
+    },
+    #[error("upstream sent {actual} bytes for {digest}, announced {announced}")]
+    SizeMismatch {
+        digest: crate::oci::Digest,
+        announced: u64,
+        actual: u64,
+    },
     #[error("range not satisfiable")]
     RangeInvalid { size: u64 },
+    #[error("object store")]
+    Storage(#[source] Arc<object_store::Error>),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("corrupt record {key}")]
+    CorruptRecord {
+        key: String,
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+fn upstream_summary(e: &UpstreamError) -> &'static str {
+    match e.failure() {
+        Failure::RateLimited => "upstream rate limit exceeded",
+        Failure::Denied => "upstream denied access",
+        Failure::TooLarge => "manifest invalid",
+        Failure::Unavailable | Failure::Refused => "upstream unavailable",
+    }
+}
+
 impl Error {
     /// The distribution spec's error code.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::NameInvalid(_) => "NAME_INVALID",
+            Error::NameInvalid(_) | Error::ReferenceInvalid(_) => "NAME_INVALID",
             Error::NameUnknown(_) => "NAME_UNKNOWN",
             Error::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
-            Error::ManifestInvalid(_) => "MANIFEST_INVALID",
+            Error::ManifestInvalid(_) | Error::ManifestUnusable { .. } => "MANIFEST_INVALID",
             Error::BlobUnknown(_) => "BLOB_UNKNOWN",
             Error::DigestInvalid(_) => "DIGEST_INVALID",
             // The spec has no TAG_INVALID; distribution reports a bad tag as MANIFEST_INVALID.
@@ -60,19 +111,29 @@ impl Error {
             Error::Unsupported(_) => "UNSUPPORTED",
             Error::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Error::TooManyRequests(_) => "TOOMANYREQUESTS",
-            Error::Denied(_) => "DENIED",
             Error::Unauthorized(_) => "UNAUTHORIZED",
-            Error::Unavailable(_) => "UNAVAILABLE",
-            Error::DigestMismatch { .. } => "UNKNOWN",
+            Error::Upstream(e) => match e.failure() {
+                Failure::RateLimited => "TOOMANYREQUESTS",
+                Failure::Denied => "DENIED",
+                Failure::TooLarge => "MANIFEST_INVALID",
+                Failure::Unavailable | Failure::Refused => "UNAVAILABLE",
+            },
             Error::RangeInvalid { .. } => "RANGE_INVALID",
-            Error::Internal(_) => "UNKNOWN",
+            Error::DigestMismatch { .. }
+            | Error::SizeMismatch { .. }
+            | Error::Storage(_)
+            | Error::Io { .. }
+            | Error::CorruptRecord { .. }
+            | Error::Internal(_) => "UNKNOWN",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             Error::NameInvalid(_)
+            | Error::ReferenceInvalid(_)
             | Error::ManifestInvalid(_)
+            | Error::ManifestUnusable { .. }
             | Error::DigestInvalid(_)
             | Error::TagInvalid(_)
             | Error::PaginationInvalid(_) => StatusCode::BAD_REQUEST,
@@ -81,120 +142,171 @@ impl Error {
             }
             Error::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::Denied(_) => StatusCode::FORBIDDEN,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::DigestMismatch { .. } => StatusCode::BAD_GATEWAY,
+            Error::Upstream(e) => match e.failure() {
+                Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                Failure::Denied => StatusCode::FORBIDDEN,
+                Failure::TooLarge => StatusCode::BAD_REQUEST,
+                Failure::Unavailable | Failure::Refused => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            Error::DigestMismatch { .. } | Error::SizeMismatch { .. } => StatusCode::BAD_GATEWAY,
             Error::RangeInvalid { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Storage(_)
+            | Error::Io { .. }
+            | Error::CorruptRecord { .. }
+            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    /// The JSON body: `{"errors":[{"code":..,"message":..,"detail":..}]}`.
-    pub fn to_json(&self) -> Vec<u8> {
-        let body = serde_json::json!({
-            "errors": [{
-                "code": self.code(),
-                "message": self.to_string(),
-                "detail": serde_json::Value::Null,
-            }]
-        });
-        serde_json::to_vec(&body).unwrap_or_default()
+    /// Whether the upstream was unavailable (down, 5xx, 429): a stale answer may stand in.
+    pub fn is_upstream_unavailable(&self) -> bool {
+        matches!(self, Error::Upstream(e) if e.is_unavailable())
+    }
+
+    /// An I/O failure, with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
+}
+
+impl From<UpstreamError> for Error {
+    fn from(e: UpstreamError) -> Error {
+        Error::Upstream(Arc::new(e))
     }
 }
 
 impl From<object_store::Error> for Error {
     fn from(e: object_store::Error) -> Self {
-        Error::Internal(format!("object store: {e}"))
+        Error::Storage(Arc::new(e))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::causes::Chain;
+    use crate::oci::Digest;
+
+    fn upstream(status: u16) -> Error {
+        UpstreamError::Status {
+            upstream: "hub".into(),
+            status,
+            message: "injected".into(),
+        }
+        .into()
+    }
 
     #[test]
-    fn every_variant_has_code_status_and_json() {
+    fn every_variant_has_code_and_status() {
         let d = Digest::sha256_of(b"");
+        let name_err = "A".parse::<crate::oci::RepoName>().unwrap_err();
+        let digest_err = "sha256:zz".parse::<Digest>().unwrap_err();
+        let manifest_err = Arc::new(crate::oci::manifest::parse(b"{}", None).unwrap_err());
+        let io = Arc::new(std::io::Error::other("disk"));
+        let json = Arc::new(serde_json::from_str::<u8>("x").unwrap_err());
+        let msg = || "what went wrong".to_string();
         let table: Vec<(Error, u16, &str)> = vec![
+            (Error::NameInvalid(name_err.clone()), 400, "NAME_INVALID"),
+            (Error::ReferenceInvalid(msg()), 400, "NAME_INVALID"),
+            (Error::NameUnknown(msg()), 404, "NAME_UNKNOWN"),
+            (Error::ManifestUnknown(msg()), 404, "MANIFEST_UNKNOWN"),
+            (Error::ManifestInvalid(msg()), 400, "MANIFEST_INVALID"),
             (
-                Error::NameInvalid("what went wrong".into()),
-                400,
-                "NAME_INVALID",
-            ),
-            (
-                Error::NameUnknown("what went wrong".into()),
-                404,
-                "NAME_UNKNOWN",
-            ),
-            (
-                Error::ManifestUnknown("what went wrong".into()),
-                404,
-                "MANIFEST_UNKNOWN",
-            ),
-            (
-                Error::ManifestInvalid("what went wrong".into()),
+                Error::ManifestUnusable {
+                    upstream: "hub".into(),
+                    reference: "a:b".into(),
+                    cause: manifest_err,
+                },
                 400,
                 "MANIFEST_INVALID",
             ),
+            (Error::BlobUnknown(msg()), 404, "BLOB_UNKNOWN"),
+            (Error::DigestInvalid(digest_err), 400, "DIGEST_INVALID"),
+            (Error::TagInvalid(name_err), 400, "MANIFEST_INVALID"),
+            (Error::Unsupported(msg()), 405, "UNSUPPORTED"),
             (
-                Error::BlobUnknown("what went wrong".into()),
-                404,
-                "BLOB_UNKNOWN",
-            ),
-            (
-                Error::DigestInvalid("what went wrong".into()),
-                400,
-                "DIGEST_INVALID",
-            ),
-            (
-                Error::TagInvalid("what went wrong".into()),
-                400,
-                "MANIFEST_INVALID",
-            ),
-            (
-                Error::Unsupported("what went wrong".into()),
-                405,
-                "UNSUPPORTED",
-            ),
-            (
-                Error::PaginationInvalid("what went wrong".into()),
+                Error::PaginationInvalid(msg()),
                 400,
                 "PAGINATION_NUMBER_INVALID",
             ),
+            (Error::TooManyRequests(msg()), 429, "TOOMANYREQUESTS"),
+            (Error::Unauthorized("login"), 401, "UNAUTHORIZED"),
+            (upstream(429), 429, "TOOMANYREQUESTS"),
+            (upstream(403), 403, "DENIED"),
+            (upstream(503), 503, "UNAVAILABLE"),
+            (upstream(400), 503, "UNAVAILABLE"),
             (
-                Error::TooManyRequests("what went wrong".into()),
-                429,
-                "TOOMANYREQUESTS",
-            ),
-            (Error::Denied("what went wrong".into()), 403, "DENIED"),
-            (
-                Error::Unauthorized("what went wrong".into()),
-                401,
-                "UNAUTHORIZED",
-            ),
-            (
-                Error::Unavailable("what went wrong".into()),
-                503,
-                "UNAVAILABLE",
+                UpstreamError::TooLarge {
+                    upstream: "hub".into(),
+                }
+                .into(),
+                400,
+                "MANIFEST_INVALID",
             ),
             (
                 Error::DigestMismatch {
                     expected: d.clone(),
-                    actual: d,
+                    actual: d.clone(),
+                },
+                502,
+                "UNKNOWN",
+            ),
+            (
+                Error::SizeMismatch {
+                    digest: d,
+                    announced: 2,
+                    actual: 1,
                 },
                 502,
                 "UNKNOWN",
             ),
             (Error::RangeInvalid { size: 1 }, 416, "RANGE_INVALID"),
-            (Error::Internal("what went wrong".into()), 500, "UNKNOWN"),
+            (
+                object_store::Error::NotImplemented {
+                    operation: "put".into(),
+                    implementer: "test".into(),
+                }
+                .into(),
+                500,
+                "UNKNOWN",
+            ),
+            (
+                Error::Io {
+                    context: msg(),
+                    source: io,
+                },
+                500,
+                "UNKNOWN",
+            ),
+            (
+                Error::CorruptRecord {
+                    key: "k".into(),
+                    source: json,
+                },
+                500,
+                "UNKNOWN",
+            ),
+            (Error::Internal(msg()), 500, "UNKNOWN"),
         ];
         for (e, status, code) in table {
             assert_eq!(e.status().as_u16(), status, "{e:?}");
-            assert_eq!(e.code(), code);
-            let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
-            assert_eq!(v["errors"][0]["code"], code);
-            assert!(v["errors"][0]["message"].as_str().unwrap().len() > 1);
+            assert_eq!(e.code(), code, "{e:?}");
+            assert!(e.to_string().len() > 1);
         }
+    }
+
+    #[test]
+    fn causes_are_kept_not_flattened() {
+        let e = upstream(503);
+        assert_eq!(e.to_string(), "upstream unavailable");
+        assert_eq!(
+            Chain(&e).to_string(),
+            "upstream unavailable: hub answered HTTP 503: injected"
+        );
+        assert!(e.is_upstream_unavailable());
+        assert!(!upstream(403).is_upstream_unavailable());
     }
 }

@@ -5,8 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use archway::causes::Chain;
 use archway::config::Config;
+use archway::gc::human_bytes;
 use archway::routing::Router;
+use archway::StartupError;
 
 /// `println!` that ends the process quietly when stdout goes away (`archway gc | head`),
 /// where `println!` would panic.
@@ -76,20 +79,92 @@ enum Command {
     },
 }
 
-fn inspect(config: Config, reference: &str, json: bool) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// A command's failure: the message for stderr, and the exit status.
+struct Failure {
+    message: String,
+    status: u8,
+}
+
+impl From<StartupError> for Failure {
+    fn from(e: StartupError) -> Failure {
+        // A config the admin has to fix is not a crash: exit 2, as for check-config.
+        let status = if matches!(e, StartupError::Config(_)) {
+            2
+        } else {
+            1
+        };
+        Failure {
+            message: Chain(&e).to_string(),
+            status,
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure { message, status: 1 }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, StartupError> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
-    let r = rt.block_on(async {
+        .map_err(StartupError::Runtime)
+}
+
+fn serve(config: Option<&Path>) -> Result<(), Failure> {
+    let path = config_path(config);
+    let config = load(path.as_deref())?;
+    runtime()?.block_on(archway::run(config, path, shutdown_signal()))?;
+    Ok(())
+}
+
+fn check_config(path: &Path) -> Result<(), Failure> {
+    let c = Config::load(path).map_err(StartupError::from)?;
+    say!("{}: OK", path.display());
+    say!("listen   {}", c.server.listen);
+    say!("storage  {}", c.storage.url);
+    match c.storage.gc.max_size {
+        Some(max) => say!(
+            "bounded  max_size {}, gc_interval {}, gc_min_age {}",
+            human_bytes(max),
+            humantime::format_duration(c.storage.gc.interval),
+            humantime::format_duration(c.storage.gc.min_age)
+        ),
+        None => say!("bounded  no (storage.max_size unset)"),
+    }
+    say!(
+        "cache    tag_ttl {}, serve_stale {}",
+        humantime::format_duration(c.cache.tag_ttl),
+        c.cache.serve_stale
+    );
+    say!(
+        "{}",
+        Router::new(&c.upstreams).describe(&c.upstreams).trim_end()
+    );
+    say!("default platform {}", c.multiarch.default_platform);
+    for f in &c.fallbacks {
+        say!("fallback {}", f.repository);
+        for (p, t) in &f.platforms {
+            say!("  {:<14} {t}", p.to_string());
+        }
+    }
+    Ok(())
+}
+
+fn inspect(config: Option<&Path>, reference: &str, json: bool) -> Result<(), Failure> {
+    let config = load(config_path(config).as_deref())?;
+    let r = runtime()?.block_on(async {
         let registry = archway::build(config)?;
-        registry.inspect(reference).await.map_err(|e| e.to_string())
+        registry
+            .inspect(reference)
+            .await
+            .map_err(|e| Failure::from(Chain(&e).to_string()))
     })?;
     if json {
-        say!(
-            "{}",
-            serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?
-        );
+        let text = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
+        say!("{text}");
         return Ok(());
     }
     say!("{reference}");
@@ -112,8 +187,8 @@ fn inspect(config: Config, reference: &str, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn gc(config: Config, dry_run: bool, max_size: Option<&str>) -> Result<bool, String> {
-    use archway::gc::human_bytes;
+fn gc(config: Option<&Path>, dry_run: bool, max_size: Option<&str>) -> Result<(), Failure> {
+    let config = load(config_path(config).as_deref())?;
     let max = match max_size {
         Some(s) => s
             .parse::<bytesize::ByteSize>()
@@ -126,17 +201,14 @@ fn gc(config: Config, dry_run: bool, max_size: Option<&str>) -> Result<bool, Str
             )
         })?,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let r = rt.block_on(async {
-        let shared = archway::registry::Shared::open(&config.storage)?;
+    let r = runtime()?.block_on(async {
+        let shared =
+            archway::registry::Shared::open(&config.storage).map_err(StartupError::from)?;
         let collector = shared.collector(&config.storage);
         collector
             .run(max, dry_run)
             .await
-            .map_err(|e| format!("{}: {e}", config.storage.url))
+            .map_err(|e| Failure::from(format!("{}: {}", config.storage.url, Chain(&e))))
     })?;
     let p = &r.plan;
     say!(
@@ -153,12 +225,12 @@ fn gc(config: Config, dry_run: bool, max_size: Option<&str>) -> Result<bool, Str
             humantime::format_rfc3339_seconds(when)
         );
     }
-    let manifests = p.roots.len();
-    let objects = p.content.len();
     let verb = if dry_run { "would free" } else { "freed" };
     say!(
-        "{verb} {} ({manifests} manifest links, {objects} objects); cache {} {}",
+        "{verb} {} ({} manifest links, {} objects); cache {} {}",
         human_bytes(p.freed()),
+        p.roots.len(),
+        p.content.len(),
         if dry_run { "would be" } else { "is now" },
         human_bytes(p.size_after)
     );
@@ -169,17 +241,14 @@ fn gc(config: Config, dry_run: bool, max_size: Option<&str>) -> Result<bool, Str
         );
     }
     if r.errors > 0 {
-        eprintln!(
-            "error: {} deletions failed (see the log); run again",
-            r.errors
-        );
+        return Err(format!("{} deletions failed (see the log); run again", r.errors).into());
     }
-    Ok(r.errors == 0)
+    Ok(())
 }
 
 const DEFAULT_CONFIG_PATH: &str = "config/archway.toml";
 
-/// The config to use and the file it came from (`None`: the embedded default).
+/// The config file to use (`None`: the embedded default).
 fn config_path(path: Option<&Path>) -> Option<PathBuf> {
     match path {
         Some(p) => Some(p.to_path_buf()),
@@ -188,9 +257,9 @@ fn config_path(path: Option<&Path>) -> Option<PathBuf> {
     }
 }
 
-fn load(path: Option<&Path>) -> Result<Config, String> {
-    match config_path(path) {
-        Some(p) => Config::load(&p).map_err(|e| e.to_string()),
+fn load(path: Option<&Path>) -> Result<Config, StartupError> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
         None => Ok(Config::embedded()),
     }
 }
@@ -228,102 +297,28 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
-                say!("{}: OK", config.display());
-                say!("listen   {}", c.server.listen);
-                say!("storage  {}", c.storage.url);
-                match c.storage.gc.max_size {
-                    Some(max) => say!(
-                        "bounded  max_size {}, gc_interval {}, gc_min_age {}",
-                        archway::gc::human_bytes(max),
-                        humantime::format_duration(c.storage.gc.interval),
-                        humantime::format_duration(c.storage.gc.min_age)
-                    ),
-                    None => say!("bounded  no (storage.max_size unset)"),
-                }
-                say!(
-                    "cache    tag_ttl {}, serve_stale {}",
-                    humantime::format_duration(c.cache.tag_ttl),
-                    c.cache.serve_stale
-                );
-                say!(
-                    "{}",
-                    Router::new(&c.upstreams).describe(&c.upstreams).trim_end()
-                );
-                say!("default platform {}", c.multiarch.default_platform);
-                for f in &c.fallbacks {
-                    say!("fallback {}", f.repository);
-                    for (p, t) in &f.platforms {
-                        say!("  {:<14} {t}", p.to_string());
-                    }
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+    if !matches!(cli.command, Command::CheckConfig { .. }) {
+        init_logging(cli.log_format);
+    }
+    let result = match &cli.command {
+        Command::Serve { config } => serve(config.as_deref()),
+        Command::CheckConfig { config } => check_config(config),
         Command::Gc {
             config,
             dry_run,
             max_size,
-        } => {
-            init_logging(cli.log_format);
-            match load(config.as_deref()).and_then(|c| gc(c, dry_run, max_size.as_deref())) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::FAILURE,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => gc(config.as_deref(), *dry_run, max_size.as_deref()),
         Command::Inspect {
             config,
             json,
             reference,
-        } => {
-            init_logging(cli.log_format);
-            let result = load(config.as_deref()).and_then(|c| inspect(c, &reference, json));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Serve { config } => {
-            init_logging(cli.log_format);
-            let config_arg = config;
-            let config = match load(config_arg.as_deref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let path = config_path(config_arg.as_deref());
-            match rt.block_on(archway::run(config, path, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => inspect(config.as_deref(), reference, *json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.status)
         }
     }
 }

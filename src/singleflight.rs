@@ -22,7 +22,9 @@ impl<K, V> Default for Group<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
-    pub async fn run<F, Fut>(&self, key: K, f: F) -> V
+    /// The result of `f` for `key`, run once however many callers ask at the same time, and
+    /// whether this caller is the one that ran it (the others joined).
+    pub async fn run<F, Fut>(&self, key: K, f: F) -> (V, bool)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V>,
@@ -31,12 +33,19 @@ impl<K: Hash + Eq + Clone, V: Clone> Group<K, V> {
             let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
             calls.entry(key.clone()).or_default().clone()
         };
-        let v = cell.get_or_init(f).await.clone();
+        let mut ran = false;
+        let v = cell
+            .get_or_init(|| {
+                ran = true;
+                f()
+            })
+            .await
+            .clone();
         let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
         if calls.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             calls.remove(&key);
         }
-        v
+        (v, ran)
     }
 }
 
@@ -68,11 +77,15 @@ mod tests {
             tokio::task::yield_now().await;
         }
         gate.notify_one();
+        let mut leaders = 0;
         for t in tasks {
-            assert_eq!(t.await.unwrap(), 42);
+            let (v, ran) = t.await.unwrap();
+            assert_eq!(v, 42);
+            leaders += usize::from(ran);
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(leaders, 1, "one caller ran it, seven joined");
         // Finished calls are forgotten: the next one runs again.
-        assert_eq!(g.run(1, || async { 7 }).await, 7);
+        assert_eq!(g.run(1, || async { 7 }).await, (7, true));
     }
 }

@@ -7,13 +7,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{Atimes, RootKey};
+use crate::clock::now_millis;
 use crate::error::Result;
 use crate::oci::{Digest, RepoName};
 use crate::storage::{layout, Store};
@@ -107,7 +108,7 @@ pub async fn load(store: &Store) -> Result<(Atimes, Vec<Path>)> {
             return Ok(loaded);
         }
     }
-    Err(crate::error::Error::Unavailable(
+    Err(crate::error::Error::Internal(
         "access journals keep changing under this collection (another one is running)".into(),
     ))
 }
@@ -148,13 +149,6 @@ fn merge(into: &mut Atimes, from: Atimes) {
         let e = into.blobs.entry(k).or_default();
         *e = (*e).max(t);
     }
-}
-
-pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A journal object as stored: compact tuples, strings validated when read back.

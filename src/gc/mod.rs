@@ -166,7 +166,7 @@ impl Collector {
 
     /// Uses at or after this moment (epoch millis) protect what they used.
     fn keep_after(&self) -> u64 {
-        access::now_millis().saturating_sub(self.config.min_age.as_millis() as u64)
+        crate::clock::now_millis().saturating_sub(self.config.min_age.as_millis() as u64)
     }
 
     fn plan(&self, listing: &Listing, atimes: &plan::Atimes, max_size: u64) -> Plan {

@@ -12,23 +12,22 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use super::handlers::{error_response, full};
-use super::Body;
-use crate::live::Live;
+use super::{errors, full, Body, Current};
 use crate::registry::Registry;
 
 /// How long `/readyz` waits for the object store.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub async fn serve(listener: TcpListener, live: Arc<Live>) {
+/// Serves the admin endpoints on `listener`, for as long as the process runs.
+pub async fn serve(listener: TcpListener, current: Current) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let live = live.clone();
+        let current = current.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let registry = live.registry();
+                let registry: Arc<Registry> = current.load().registry.clone();
                 async move { Ok::<_, Infallible>(handle(&registry, &req).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
@@ -80,7 +79,7 @@ async fn handle<B>(registry: &Registry, req: &Request<B>) -> Response<Body> {
                     serde_json::to_string_pretty(&r).unwrap_or_default(),
                     "application/json",
                 ),
-                Err(e) => error_response(&e, false),
+                Err(e) => errors::response(&e, false),
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),

@@ -1,23 +1,22 @@
 //! Request handlers: parse and validate what the client sent, ask the registry, and write the
-//! distribution API's headers. Errors are rendered here and nowhere else.
+//! distribution API's headers. Errors go to `errors::response`.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::header::{
     HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK,
     RANGE, USER_AGENT,
 };
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 
 use super::endpoint::{self, Endpoint};
-use super::Body;
+use super::{empty, errors, full, Body, Front};
 use crate::error::Error;
 use crate::oci::media::Accept;
+use crate::oci::reference::ReferenceError;
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::range;
 use crate::registry::Registry;
@@ -27,11 +26,6 @@ const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 const BYTES: HeaderValue = HeaderValue::from_static("bytes");
-
-/// Where a response's bytes came from, for the access log: `cache` or `upstream` (and for
-/// manifests also `stale`, or `-` when the request joined another one's fetch).
-#[derive(Clone, Copy, Debug)]
-pub struct Served(pub &'static str);
 
 /// A route label for metrics and logs: bounded cardinality, never the repository name.
 pub fn route_label(path: &str) -> &'static str {
@@ -46,10 +40,10 @@ pub fn route_label(path: &str) -> &'static str {
     }
 }
 
-pub async fn handle<B>(registry: &Arc<Registry>, req: &Request<B>, peer: IpAddr) -> Response<Body> {
+pub async fn handle<B>(front: &Front, req: &Request<B>, peer: IpAddr) -> Response<Body> {
     // With [auth], every endpoint (the /v2/ check included) needs credentials, as on any
     // registry that requires login.
-    let allowed = match &registry.auth {
+    let allowed = match &front.auth {
         Some(a) => a.check(
             peer,
             req.headers()
@@ -59,54 +53,19 @@ pub async fn handle<B>(registry: &Arc<Registry>, req: &Request<B>, peer: IpAddr)
         None => Ok(()),
     };
     let result = match allowed {
-        Ok(()) => dispatch(registry, req).await,
+        Ok(()) => dispatch(&front.registry, req).await,
         Err(e) => Err(e),
     };
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => error_response(&e, req.method() == Method::HEAD),
+        Err(e) => errors::response(&e, req.method() == Method::HEAD),
     };
     resp.headers_mut()
         .insert("docker-distribution-api-version", API_VERSION);
     resp
 }
 
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
-
-pub fn error_response(e: &Error, head: bool) -> Response<Body> {
-    if e.status().is_server_error() {
-        tracing::error!(error = %e, "request failed");
-    }
-    let body = e.to_json();
-    let len = body.len();
-    let mut resp = Response::new(if head { empty() } else { full(body) });
-    *resp.status_mut() = e.status();
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, JSON);
-    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-    if let Error::Unauthorized(_) = e {
-        h.insert(
-            http::header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"archway\""),
-        );
-    }
-    if let Error::RangeInvalid { size } = e {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-            h.insert(CONTENT_RANGE, v);
-        }
-    }
-    resp
-}
-
-async fn dispatch<B>(registry: &Arc<Registry>, req: &Request<B>) -> Result<Response<Body>, Error> {
+async fn dispatch<B>(registry: &Registry, req: &Request<B>) -> Result<Response<Body>, Error> {
     let method = req.method();
     let path = req.uri().path();
     let read_only = |what: &str| -> Result<(), Error> {
@@ -139,9 +98,7 @@ async fn dispatch<B>(registry: &Arc<Registry>, req: &Request<B>) -> Result<Respo
         Endpoint::Blob { name, digest } => {
             read_only("blobs")?;
             let route = route(registry, req, name)?;
-            let digest: Digest = digest
-                .parse()
-                .map_err(|e| Error::DigestInvalid(format!("{e}")))?;
+            let digest: Digest = digest.parse().map_err(Error::DigestInvalid)?;
             blob(registry, req, &route, &digest).await
         }
         Endpoint::Upload { .. } => Err(Error::Unsupported(
@@ -166,18 +123,15 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<std::borrow::Cow
 }
 
 fn route<B>(registry: &Registry, req: &Request<B>, name: &str) -> Result<Route, Error> {
-    let name: RepoName = name
-        .parse()
-        .map_err(|e| Error::NameInvalid(format!("{e}")))?;
+    let name: RepoName = name.parse().map_err(Error::NameInvalid)?;
     let ns = query_param(req.uri().query(), "ns");
     registry.route(&name, ns.as_deref())
 }
 
 fn parse_reference(s: &str) -> Result<Reference, Error> {
-    use crate::oci::reference::ReferenceError;
     s.parse().map_err(|e| match e {
-        ReferenceError::Digest(e) => Error::DigestInvalid(format!("{e}")),
-        ReferenceError::Tag(e) => Error::TagInvalid(format!("{e}")),
+        ReferenceError::Digest(e) => Error::DigestInvalid(e),
+        ReferenceError::Tag(e) => Error::TagInvalid(e),
     })
 }
 
@@ -199,13 +153,13 @@ async fn manifest<B>(
             .filter_map(|v| v.to_str().ok()),
     );
     let ua = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok());
-    let (m, outcome) =
-        crate::registry::with_outcome(registry.manifest_for_client(route, reference, &accept, ua))
-            .await;
-    let m = m?;
+    let served = registry
+        .manifest_for_client(route, reference, &accept, ua)
+        .await?;
+    let m = served.value;
     let digest = m.digest.to_string();
     let mut r = Response::new(if head { empty() } else { full(m.bytes.clone()) });
-    r.extensions_mut().insert(Served(outcome));
+    r.extensions_mut().insert(served.provenance);
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, header(&m.media_type)?);
     h.insert(CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
@@ -241,10 +195,9 @@ async fn blob<B>(
         Some(r) => Some(r.end - r.start),
         None => body.size,
     };
-    let served = Served(body.source.as_str());
     let stream = body.stream.map_ok(Frame::data);
     let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
-    r.extensions_mut().insert(served);
+    r.extensions_mut().insert(body.provenance);
     let h = r.headers_mut();
     if let Some(len) = len {
         h.insert(CONTENT_LENGTH, HeaderValue::from(len));

@@ -1,18 +1,21 @@
-//! The HTTP front: the accept loop, one task per connection (HTTP/1.1 and h2c), graceful
-//! shutdown, and the per-request log line and metrics around the handlers.
+//! The HTTP front: the accept loop, one task per connection (HTTP/1.1 and h2c, or TLS with
+//! ALPN), graceful shutdown, and the per-request log line and metrics around the handlers.
 
 pub mod admin;
+mod client_auth;
 pub mod endpoint;
-pub mod handlers;
-pub mod tls;
+pub mod errors;
+mod handlers;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -21,19 +24,35 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::live::Live;
+use crate::registry::{Provenance, Registry};
+pub use client_auth::ClientAuth;
 
 /// Response body: in-memory bytes or a stream from the cache or a fill.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// How long in-flight responses (and then fills) get to finish after shutdown is asked for.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// What requests are answered with: the registry, and the client authentication of the
+/// same configuration. Replaced whole on reload.
+pub struct Front {
+    pub registry: Arc<Registry>,
+    auth: Option<ClientAuth>,
+}
+
+impl Front {
+    pub fn new(registry: Arc<Registry>) -> Front {
+        let auth = registry.config.auth.as_ref().map(ClientAuth::new);
+        Front { registry, auth }
+    }
+}
+
+/// The front current now. Each request takes the one current when it starts and keeps it
+/// to the end, so a reload never changes a response half-way.
+pub type Current = Arc<ArcSwap<Front>>;
 
 /// Serves the registry API on `listener` until `shutdown` resolves, then lets in-flight
-/// connections finish for up to [`SHUTDOWN_GRACE`].
+/// connections finish for up to `server.shutdown_grace` (of the configuration current then).
 pub async fn serve(
     listener: TcpListener,
-    live: Arc<Live>,
+    current: Current,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -54,12 +73,10 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let live = live.clone();
+        let current = current.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            // The registry current when the request starts answers all of it, even if a
-            // reload swaps in another meanwhile.
-            let registry = live.registry();
-            async move { Ok::<_, Infallible>(respond(&registry, req, peer).await) }
+            let front = current.load_full();
+            async move { Ok::<_, Infallible>(respond(&front, req, peer).await) }
         });
         match &tls {
             None => {
@@ -92,28 +109,29 @@ pub async fn serve(
         }
     }
     drop(listener);
+    let grace = current.load().registry.config.server.shutdown_grace;
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+        _ = tokio::time::sleep(grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
     }
 }
 
 async fn respond(
-    registry: &Arc<crate::registry::Registry>,
+    front: &Front,
     req: Request<Incoming>,
     peer: std::net::SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
     let id = request_id();
-    let mut resp = handlers::handle(registry, &req, peer.ip()).await;
+    let mut resp = handlers::handle(front, &req, peer.ip()).await;
     if let Ok(v) = http::HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     let elapsed = started.elapsed();
     let route = handlers::route_label(req.uri().path());
-    let m = &registry.metrics;
+    let m = &front.registry.metrics;
     m.requests
         .with_label_values(&[route, req.method().as_str(), resp.status().as_str()])
         .inc();
@@ -129,7 +147,7 @@ async fn respond(
         status = resp.status().as_u16(),
         bytes = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-"),
         ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-        cache = %resp.extensions().get::<handlers::Served>().map_or("-", |s| s.0),
+        cache = %resp.extensions().get::<Provenance>().map_or("-", |p| p.as_str()),
         "request"
     );
     resp
@@ -144,4 +162,15 @@ fn request_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A body of bytes held in memory.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
 }

@@ -5,6 +5,7 @@
 //! validated types so that no raw client string reaches a storage key or an upstream URL.
 
 pub mod digest;
+pub mod index;
 pub mod manifest;
 pub mod media;
 pub mod platform;

@@ -205,6 +205,16 @@ impl fmt::Display for Reference {
     }
 }
 
+/// Splits `registry/repository:tag` into its three parts (the tag after the last `/`), as
+/// fallback rules and `archway inspect` name images. Not validated: the parts still have to
+/// parse as a [`RepoName`] and a [`Tag`].
+pub fn split_reference(r: &str) -> Option<(&str, &str, &str)> {
+    let (host, rest) = r.split_once('/')?;
+    let slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let colon = rest[slash..].find(':').map(|i| slash + i)?;
+    Some((host, &rest[..colon], &rest[colon + 1..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +302,18 @@ mod tests {
             "..".parse::<Reference>(),
             Err(ReferenceError::Tag(_))
         ));
+    }
+
+    #[test]
+    fn image_references() {
+        assert_eq!(
+            split_reference("docker.io/a/b:c"),
+            Some(("docker.io", "a/b", "c"))
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/a:v1"),
+            Some(("127.0.0.1:5000", "a", "v1"))
+        );
+        assert_eq!(split_reference("docker.io/a/b"), None);
     }
 }

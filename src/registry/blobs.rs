@@ -1,34 +1,21 @@
-//! Blobs: served from the store when cached and known to belong to the repository, otherwise
-//! streamed from a (shared) fill of the upstream's bytes.
+//! Blobs: served from the store when cached and linked to the repository, otherwise streamed
+//! from a fill of the upstream's bytes that every concurrent request shares.
 
-use futures_util::{StreamExt, TryStreamExt};
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::records::{BlobLink, Source};
-use super::{LinkKey, Registry};
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::links::Links;
+use super::provenance::Provenance;
+use super::upstreams::Upstreams;
 use crate::error::{Error, Result};
+use crate::gc::AccessLog;
+use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::range::RangeSpec;
 use crate::routing::Route;
-use crate::storage::fill::BlobSource as FillSource;
-use crate::storage::{layout, ByteStream};
-
-/// Where a response's bytes come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobSource {
-    Cache,
-    Upstream,
-}
-
-impl BlobSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BlobSource::Cache => "cache",
-            BlobSource::Upstream => "upstream",
-        }
-    }
-}
+use crate::storage::{ByteStream, Fill, FillSource, Fills, Store};
 
 /// A blob response body and what the headers need.
 pub struct BlobBody {
@@ -37,16 +24,45 @@ pub struct BlobBody {
     /// The part being sent, for a satisfied range request.
     pub range: Option<Range<u64>>,
     pub stream: ByteStream,
-    pub source: BlobSource,
+    pub provenance: Provenance,
 }
 
-impl Registry {
+pub(crate) struct Blobs {
+    store: Store,
+    fills: Fills,
+    links: Arc<Links>,
+    upstreams: Arc<Upstreams>,
+    metrics: Metrics,
+    access: Arc<AccessLog>,
+    /// Sizes of blobs present in the store. Blobs are immutable, so this never goes stale
+    /// except by eviction, which readers detect and repair.
+    sizes: moka::future::Cache<Digest, u64>,
+}
+
+impl Blobs {
+    pub(crate) fn new(
+        store: Store,
+        fills: Fills,
+        links: Arc<Links>,
+        upstreams: Arc<Upstreams>,
+        metrics: Metrics,
+        access: Arc<AccessLog>,
+    ) -> Blobs {
+        Blobs {
+            store,
+            fills,
+            links,
+            upstreams,
+            metrics,
+            access,
+            sizes: moka::future::Cache::new(4_000_000),
+        }
+    }
+
     /// The size of a blob, as a HEAD request answers it. Never starts a fill.
-    pub async fn blob_head(&self, route: &Route, d: &Digest) -> Result<u64> {
-        let key = link_key(route, d);
-        let link = self.blob_link(&key).await?;
-        let linked = link.is_some();
-        if let Some(size) = self.cached_blob_size(d).await? {
+    pub(crate) async fn head(&self, route: &Route, d: &Digest) -> Result<u64> {
+        let linked = self.links.blob(route, d).await?.is_some();
+        if let Some(size) = self.cached_size(d).await? {
             if !linked {
                 self.check_upstream_has(route, d).await?;
             }
@@ -54,116 +70,42 @@ impl Registry {
             self.access.blob(d);
             return Ok(size);
         }
-        let up = self.upstream(route);
-        up.head_blob(&route.repo, d)
+        self.upstreams
+            .remote(route)
+            .head_blob(&route.repo, d)
             .await?
             .ok_or_else(|| blob_unknown(route, d))
     }
 
     /// A blob's bytes (or the requested range of them).
-    pub async fn blob(
+    pub(crate) async fn get(
         &self,
         route: &Route,
         d: &Digest,
         range: Option<RangeSpec>,
     ) -> Result<BlobBody> {
-        let key = link_key(route, d);
-        let link = self.blob_link(&key).await?;
-        let linked = link.is_some();
-        if let Some(size) = self.cached_blob_size(d).await? {
-            if !linked {
-                self.check_upstream_has(route, d).await?;
-            }
-            let range = match range {
-                Some(spec) => Some(spec.resolve(size).ok_or(Error::RangeInvalid { size })?),
-                None => None,
-            };
-            if let Some(stream) = self.store.read_blob(d, range.clone()).await? {
-                self.metrics.cache_hits.with_label_values(&["blob"]).inc();
-                self.access.blob(d);
-                return Ok(self.counted(BlobBody {
-                    size: Some(size),
-                    range,
-                    stream,
-                    source: BlobSource::Cache,
-                }));
-            }
-            // Gone from the store since its size was cached (evicted): fetch it again.
-            self.blob_sizes.invalidate(d).await;
+        let link = self.links.blob(route, d).await?;
+        if let Some(body) = self.cached(route, d, link.is_some(), range).await? {
+            return Ok(body);
         }
         self.metrics.cache_misses.with_label_values(&["blob"]).inc();
-        let origin = format!("{}/{}", self.upstream_name(route), route.repo);
+        // A blob reached through a synthesized index comes from the fallback's repository.
+        let from = link.clone().unwrap_or_else(|| Arc::new(route.clone()));
+        let origin = format!("{}/{}", self.upstreams.name(route), route.repo);
         if let Some(f) = self.fills.get(d) {
-            if f.origin != origin && !linked {
+            if f.origin != origin && link.is_none() {
                 self.check_upstream_has(route, d).await?;
             }
         }
-        // A blob reached through a synthesized index comes from the fallback's repository.
-        let from = link.clone().unwrap_or_else(|| Arc::new(route.clone()));
-        let up = self.upstream(&from).clone();
-        let (repo, digest, store) = (from.repo.clone(), d.clone(), self.store.clone());
-        let not_found = blob_unknown(route, d);
-        let (fill, started) = self.fills.join_or_start(d, &origin, move || async move {
-            // A fill that finished between this request's cache check and now has already
-            // cached the blob: copy it from the store rather than fetch it again.
-            if let Some(size) = store.blob_size(&digest).await? {
-                if let Some(stream) = store.read_blob(&digest, None).await? {
-                    return Ok(FillSource {
-                        size: Some(size),
-                        stream: stream
-                            .map_err(|e| Error::Internal(format!("cache read: {e}")))
-                            .boxed(),
-                    });
-                }
-            }
-            let src = up.get_blob(&repo, &digest).await?.ok_or(not_found)?;
-            Ok(FillSource {
-                size: src.size,
-                stream: src.stream,
-            })
-        });
-        if started {
-            self.metrics.fills_in_flight.inc();
-            // Fetched for this repository, it belongs to it from now on; one reached through
-            // a synthesized index keeps naming the fallback it comes from. Written on every
-            // fill, not only when no link was known: the one in memory may be a link a
-            // collection has removed from the store since.
-            let source = (*from != *route).then(|| Source {
-                upstream: self.upstream_name(&from).to_string(),
-                repository: from.repo.to_string(),
-            });
-            let (fill, metrics) = (fill.clone(), self.metrics.clone());
-            let (store, links, sizes) = (
-                self.store.clone(),
-                self.blob_links.clone(),
-                self.blob_sizes.clone(),
-            );
-            let link_path = layout::blob_link(self.upstream_name(route), &route.repo, d);
-            let from = from.clone();
-            tokio::spawn(async move {
-                match fill.finished().await {
-                    Ok(size) => {
-                        sizes.insert(fill.digest.clone(), size).await;
-                        let link = BlobLink { size, source };
-                        match store.put_record(&link_path, &link).await {
-                            Ok(()) => links.insert(key, from).await,
-                            Err(e) => tracing::warn!(error = %e, "cannot record blob link"),
-                        }
-                    }
-                    Err(e) => {
-                        let reason = match &*e {
-                            Error::DigestMismatch { .. } => "digest_mismatch",
-                            Error::BlobUnknown(_) => "not_found",
-                            _ => "upstream",
-                        };
-                        metrics.fill_failures.with_label_values(&[reason]).inc();
-                    }
-                }
-                metrics.fills_in_flight.dec();
-            });
+        let source = self.source(route, d, &from);
+        let (fill, started) = self.fills.join_or_start(d, &origin, move || source);
+        let provenance = if started {
+            self.after_fill(route, fill.clone(), from);
+            Provenance::Upstream
         } else {
             self.metrics.fill_waiters.inc();
-        }
+            Provenance::Joined
+        };
         let size = fill.started().await.map_err(|e| (*e).clone())?;
         self.access.blob(d);
         let (range, stream) = match (range, size) {
@@ -177,15 +119,110 @@ impl Registry {
             size,
             range,
             stream,
-            source: BlobSource::Upstream,
+            provenance,
         }))
+    }
+
+    /// The cached blob, if it is in the store and the repository may read it.
+    async fn cached(
+        &self,
+        route: &Route,
+        d: &Digest,
+        linked: bool,
+        range: Option<RangeSpec>,
+    ) -> Result<Option<BlobBody>> {
+        let Some(size) = self.cached_size(d).await? else {
+            return Ok(None);
+        };
+        if !linked {
+            self.check_upstream_has(route, d).await?;
+        }
+        let range = match range {
+            Some(spec) => Some(spec.resolve(size).ok_or(Error::RangeInvalid { size })?),
+            None => None,
+        };
+        let Some(stream) = self.store.read_blob(d, range.clone()).await? else {
+            // Gone from the store since its size was cached (evicted): fetch it again.
+            self.sizes.invalidate(d).await;
+            return Ok(None);
+        };
+        self.metrics.cache_hits.with_label_values(&["blob"]).inc();
+        self.access.blob(d);
+        Ok(Some(self.counted(BlobBody {
+            size: Some(size),
+            range,
+            stream,
+            provenance: Provenance::Cache,
+        })))
+    }
+
+    /// What a new fill of `d` reads: the upstream's bytes from `from`, or the store's when a
+    /// fill finished between this request's cache check and now.
+    fn source(
+        &self,
+        route: &Route,
+        d: &Digest,
+        from: &Route,
+    ) -> impl std::future::Future<Output = Result<FillSource>> + Send + 'static {
+        let remote = self.upstreams.remote(from).clone();
+        let (repo, digest, store) = (from.repo.clone(), d.clone(), self.store.clone());
+        let not_found = blob_unknown(route, d);
+        async move {
+            if let Some(size) = store.blob_size(&digest).await? {
+                if let Some(stream) = store.read_blob(&digest, None).await? {
+                    let stream = stream
+                        .map_err(|e| Error::io("cannot read the cached blob", e))
+                        .boxed();
+                    return Ok(FillSource {
+                        size: Some(size),
+                        stream,
+                    });
+                }
+            }
+            let download = remote.get_blob(&repo, &digest).await?.ok_or(not_found)?;
+            Ok(FillSource {
+                size: download.size,
+                stream: download.stream.map_err(Error::from).boxed(),
+            })
+        }
+    }
+
+    /// Once a fill this request started is verified, the blob belongs to the repository
+    /// (one reached through a synthesized index keeps naming the fallback it comes from).
+    /// Written on every fill, not only when no link was known: the link in memory may be one
+    /// a collection has removed from the store since.
+    fn after_fill(&self, route: &Route, fill: Arc<Fill>, from: Arc<Route>) {
+        self.metrics.fills_in_flight.inc();
+        let (links, sizes, metrics) =
+            (self.links.clone(), self.sizes.clone(), self.metrics.clone());
+        let route = route.clone();
+        tokio::spawn(async move {
+            match fill.finished().await {
+                Ok(size) => {
+                    sizes.insert(fill.digest.clone(), size).await;
+                    if let Err(e) = links.link_blob(&route, &fill.digest, size, &from).await {
+                        tracing::warn!(error = %crate::causes::Chain(&e), "cannot record blob link");
+                    }
+                }
+                Err(e) => {
+                    let reason = match &*e {
+                        Error::DigestMismatch { .. } => "digest_mismatch",
+                        Error::SizeMismatch { .. } => "size_mismatch",
+                        Error::BlobUnknown(_) => "not_found",
+                        _ => "upstream",
+                    };
+                    metrics.fill_failures.with_label_values(&[reason]).inc();
+                }
+            }
+            metrics.fills_in_flight.dec();
+        });
     }
 
     fn counted(&self, mut body: BlobBody) -> BlobBody {
         let counter = self
             .metrics
             .served_bytes
-            .with_label_values(&[body.source.as_str()]);
+            .with_label_values(&[body.provenance.as_str()]);
         body.stream = Box::pin(
             body.stream
                 .inspect_ok(move |b| counter.inc_by(b.len() as u64)),
@@ -193,61 +230,166 @@ impl Registry {
         body
     }
 
-    /// The route a linked blob is fetched from, or `None` when the blob is not linked.
-    async fn blob_link(&self, key: &LinkKey) -> Result<Option<Arc<Route>>> {
-        if let Some(r) = self.blob_links.get(key).await {
-            return Ok(Some(r));
-        }
-        let path = layout::blob_link(&self.upstreams[key.0].name, &key.1, &key.2);
-        let Some(link) = self.store.get_record::<BlobLink>(&path).await? else {
-            return Ok(None);
-        };
-        let from = link
-            .source
-            .and_then(|s| self.source_route(&s))
-            .unwrap_or(Route {
-                upstream: key.0,
-                repo: key.1.clone(),
-            });
-        let from = Arc::new(from);
-        self.blob_links.insert(key.clone(), from.clone()).await;
-        Ok(Some(from))
-    }
-
-    async fn cached_blob_size(&self, d: &Digest) -> Result<Option<u64>> {
-        if let Some(s) = self.blob_sizes.get(d).await {
+    async fn cached_size(&self, d: &Digest) -> Result<Option<u64>> {
+        if let Some(s) = self.sizes.get(d).await {
             return Ok(Some(s));
         }
         let s = self.store.blob_size(d).await?;
         if let Some(s) = s {
-            self.blob_sizes.insert(d.clone(), s).await;
+            self.sizes.insert(d.clone(), s).await;
         }
         Ok(s)
     }
 
-    /// Asks the upstream whether the repository has the blob, and records the link if so. This
-    /// is what keeps repository B from reading repository A's cached blobs.
+    /// Asks the upstream whether the repository has the blob, and links it if so. This is
+    /// what keeps repository B from reading repository A's cached blobs.
     async fn check_upstream_has(&self, route: &Route, d: &Digest) -> Result<()> {
-        let up = self.upstream(route);
-        let size = up
+        let size = self
+            .upstreams
+            .remote(route)
             .head_blob(&route.repo, d)
             .await?
             .ok_or_else(|| blob_unknown(route, d))?;
-        let link = BlobLink { size, source: None };
-        self.store
-            .put_record(&layout::blob_link(&up.name, &route.repo, d), &link)
-            .await?;
-        self.blob_links
-            .insert(link_key(route, d), Arc::new(route.clone()))
-            .await;
-        Ok(())
+        self.links
+            .link_blob(route, d, size, &Arc::new(route.clone()))
+            .await
     }
-}
 
-fn link_key(route: &Route, d: &Digest) -> LinkKey {
-    (route.upstream, route.repo.clone(), d.clone())
+    /// Forgets the size of a blob a collection deleted.
+    pub(crate) async fn forget(&self, d: &Digest) {
+        self.sizes.invalidate(d).await;
+    }
 }
 
 fn blob_unknown(route: &Route, d: &Digest) -> Error {
     Error::BlobUnknown(format!("{d} in repository {}", route.repo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::testing::{self, Fixture};
+    use bytes::Bytes;
+
+    async fn read(body: BlobBody) -> std::io::Result<Vec<u8>> {
+        let chunks: Vec<Bytes> = body.stream.try_collect().await?;
+        Ok(chunks.concat())
+    }
+
+    #[tokio::test]
+    async fn a_blob_is_filled_once_then_served_from_the_store() {
+        let f = Fixture::new("1h", "");
+        let data = testing::bytes(1, 300_000);
+        let d = f.hub.push_blob("app", &data);
+        let route = f.route("app");
+        let first = f.registry.blobs.get(&route, &d, None).await.unwrap();
+        assert_eq!(first.provenance, Provenance::Upstream);
+        assert_eq!(read(first).await.unwrap(), data);
+        f.registry.shared_fills_done().await;
+        let second = f.registry.blobs.get(&route, &d, None).await.unwrap();
+        assert_eq!(second.provenance, Provenance::Cache);
+        assert_eq!(read(second).await.unwrap(), data);
+        assert_eq!(f.hub.count(&format!("GET app/blobs/{d}")), 1);
+        // A range of the cached blob.
+        let part = f
+            .registry
+            .blobs
+            .get(&route, &d, crate::range::parse("bytes=10-19"))
+            .await
+            .unwrap();
+        assert_eq!(part.range, Some(10..20));
+        assert_eq!(read(part).await.unwrap(), &data[10..20]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_fill() {
+        let f = Fixture::new("1h", "");
+        let data = testing::bytes(2, 100_000);
+        let d = f.hub.push_blob("app", &data);
+        let route = f.route("app");
+        let (a, b) = futures_util::join!(
+            f.registry.blobs.get(&route, &d, None),
+            f.registry.blobs.get(&route, &d, None)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let mut kinds = [a.provenance, b.provenance];
+        kinds.sort();
+        assert_eq!(kinds, [Provenance::Joined, Provenance::Upstream]);
+        assert_eq!(read(a).await.unwrap(), data);
+        assert_eq!(read(b).await.unwrap(), data);
+        assert_eq!(f.hub.count(&format!("GET app/blobs/{d}")), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cached_blob_is_not_readable_through_a_repository_that_lacks_it() {
+        let f = Fixture::new("1h", "");
+        let data = testing::bytes(3, 1000);
+        let d = f.hub.push_blob("team/a", &data);
+        let a = f.route("team/a");
+        read(f.registry.blobs.get(&a, &d, None).await.unwrap())
+            .await
+            .unwrap();
+        f.registry.shared_fills_done().await;
+        let b = f.route("team/b");
+        let e = f.registry.blobs.get(&b, &d, None).await.err().unwrap();
+        assert_eq!(e.code(), "BLOB_UNKNOWN");
+        assert_eq!(
+            f.registry.blobs.head(&b, &d).await.unwrap_err().code(),
+            "BLOB_UNKNOWN"
+        );
+        assert_eq!(
+            f.hub.count(&format!("HEAD team/b/blobs/{d}")),
+            2,
+            "asked the upstream"
+        );
+        // Once the upstream has it there too, b may read the cached copy.
+        f.hub.push_blob("team/b", &data);
+        let body = f.registry.blobs.get(&b, &d, None).await.unwrap();
+        assert_eq!(body.provenance, Provenance::Cache);
+        assert_eq!(f.hub.count(&format!("GET team/b/blobs/{d}")), 0);
+    }
+
+    #[tokio::test]
+    async fn wrong_bytes_fail_the_transfer_and_are_never_cached() {
+        let f = Fixture::new("1h", "");
+        let data = testing::bytes(4, 50_000);
+        let d = f.hub.push_blob("app", &data);
+        let mut evil = data.clone();
+        evil[123] ^= 1;
+        f.hub.corrupt(&d, &evil);
+        let route = f.route("app");
+        let body = f.registry.blobs.get(&route, &d, None).await.unwrap();
+        let e = read(body).await.unwrap_err();
+        let cause = crate::storage::fill::FillFailed::cause(&e).expect("the fill's error");
+        assert!(matches!(**cause, Error::DigestMismatch { .. }), "{cause:?}");
+        f.registry.shared_fills_done().await;
+        assert_eq!(f.store.blob_size(&d).await.unwrap(), None);
+        assert_eq!(
+            f.registry
+                .metrics
+                .fill_failures
+                .with_label_values(&["digest_mismatch"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_blob_is_blob_unknown_and_a_head_never_fills() {
+        let f = Fixture::new("1h", "");
+        let data = testing::bytes(5, 10);
+        let d = f.hub.push_blob("app", &data);
+        let route = f.route("app");
+        assert_eq!(f.registry.blobs.head(&route, &d).await.unwrap(), 10);
+        assert_eq!(f.hub.count(&format!("GET app/blobs/{d}")), 0);
+        let missing = Digest::sha256_of(b"nowhere");
+        let e = f
+            .registry
+            .blobs
+            .get(&route, &missing, None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!((e.code(), e.status().as_u16()), ("BLOB_UNKNOWN", 404));
+    }
 }

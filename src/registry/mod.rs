@@ -1,68 +1,51 @@
 //! The mirror's services: what to answer for a manifest, blob or tag-list request, from the
 //! cache when it can and from the upstream when it must.
 //!
-//! Owns the in-memory caches (moka) that front the object store: manifest bytes, tag records
-//! and per-repository links. A cached manifest hit touches neither the store nor the upstream.
+//! [`Registry`] wires parts that each own one job:
+//! - `manifests`: by tag (TTL, revalidation, stale serving) and by digest, fetched and
+//!   verified on a miss;
+//! - `blobs`: served from the store, or streamed from a fill every concurrent request shares;
+//! - `links`: which content belongs to which repository (the only reader and writer of links);
+//! - `tags`: tag records, and the upstream's tag lists;
+//! - `synthesis`: the index of a repository with fallback rules.
+//!
+//! The in-memory caches (moka) front the object store; a cached manifest hit touches neither
+//! the store nor the upstream.
 
 mod blobs;
+mod inspect;
+mod links;
 mod manifests;
-mod multiarch;
-mod records;
+mod provenance;
+mod synthesis;
+mod tags;
+#[cfg(test)]
+mod testing;
+mod upstreams;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, StorageConfig};
 use crate::error::{Error, Result};
-use crate::gc::{AccessLog, Collector};
+use crate::gc::{AccessLog, Collector, Report};
 use crate::metrics::Metrics;
-use crate::multiarch::Fallbacks;
-use crate::oci::{Digest, RepoName, Tag};
-use crate::routing::{Route, Router};
-use crate::singleflight;
-use crate::storage::{Fills, Store};
-use crate::upstream::{TagPage, Upstream};
+use crate::oci::media::{is_index, Accept};
+use crate::oci::{index, Digest, Platform, Reference, RepoName, Tag};
+use crate::range::RangeSpec;
+use crate::routing::{Fallbacks, Route, Router};
+use crate::storage::{Fills, OpenError, Store};
+use crate::upstream::{BuildError, Remote, TagPage, Upstream};
 
-pub use blobs::{BlobBody, BlobSource};
+pub use blobs::BlobBody;
 pub use manifests::Manifest;
-pub use multiarch::{PlatformRow, Resolution, Synthesis};
-use records::TagState;
+pub use provenance::{Provenance, Served};
+pub use synthesis::{PlatformRow, Resolution, FALLBACK_ANNOTATION};
 
+/// A repository's content, keyed by upstream index, repository and digest.
 type LinkKey = (usize, RepoName, Digest);
+/// A repository's tag.
 type TagKey = (usize, RepoName, Tag);
-
-tokio::task_local! {
-    /// Where the manifest being answered came from (`cache`, `upstream`, `stale`), for the
-    /// access log; set while [`with_outcome`] runs a request.
-    static OUTCOME: std::cell::Cell<&'static str>;
-}
-
-/// Runs `f` (a request's registry call) and reports where its manifest came from, or `-`
-/// when it joined another request's fetch.
-pub async fn with_outcome<F: std::future::Future>(f: F) -> (F::Output, &'static str) {
-    OUTCOME
-        .scope(std::cell::Cell::new("-"), async {
-            let v = f.await;
-            (v, OUTCOME.with(|c| c.get()))
-        })
-        .await
-}
-
-/// Notes where content came from; the worse of two outcomes wins (a tag served stale whose
-/// index was cached was served stale).
-fn served_from(outcome: &'static str) {
-    let rank = |o: &str| match o {
-        "stale" => 3,
-        "upstream" => 2,
-        "cache" => 1,
-        _ => 0,
-    };
-    let _ = OUTCOME.try_with(|c| {
-        if rank(outcome) > rank(c.get()) {
-            c.set(outcome);
-        }
-    });
-}
 
 /// What outlives a configuration reload: the store and its in-flight fills, the metrics, and
 /// the access times not yet written out.
@@ -75,7 +58,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn open(storage: &StorageConfig) -> Result<Shared, String> {
+    pub fn open(storage: &StorageConfig) -> Result<Shared, OpenError> {
         let store = Store::open(storage)?;
         Ok(Shared {
             fills: Fills::new(store.clone()),
@@ -94,38 +77,44 @@ impl Shared {
 /// Everything a running mirror serves from, built from a [`Config`] (again on each reload).
 pub struct Registry {
     pub config: Config,
-    pub router: Router,
-    pub upstreams: Vec<Arc<Upstream>>,
-    /// Upstream names, shared by the access times noted for each request.
-    upstream_names: Vec<Arc<str>>,
     pub store: Store,
     pub metrics: Metrics,
-    access: Arc<AccessLog>,
+    router: Router,
+    upstreams: Arc<Upstreams>,
     fills: Fills,
-    /// Manifest bytes by digest, weighed by size.
-    manifests: moka::future::Cache<Digest, Arc<Manifest>>,
-    /// The last known state of each tag.
-    tags: moka::future::Cache<(usize, RepoName, Tag), Arc<TagState>>,
-    /// Manifests known to belong to a repository, with their media type.
-    manifest_links: moka::future::Cache<LinkKey, Arc<str>>,
-    /// Blobs known to belong to a repository, with the route to fetch them from (the
-    /// repository itself, or a fallback's for what a synthesized index reaches).
-    blob_links: moka::future::Cache<LinkKey, Arc<Route>>,
-    /// Sizes of blobs present in the store. Blobs are immutable, so this never goes stale
-    /// except by eviction, which readers detect and repair.
-    blob_sizes: moka::future::Cache<Digest, u64>,
-    tag_flights: singleflight::Group<TagKey, Result<Arc<Manifest>>>,
-    digest_flights: singleflight::Group<LinkKey, Result<Arc<Manifest>>>,
-    pub fallbacks: Fallbacks,
-    /// Client authentication, when `[auth]` is configured.
-    pub auth: Option<crate::auth::Authenticator>,
-    /// Resolved tags of repositories with fallback rules, trusted for the tag TTL.
-    synth: moka::future::Cache<TagKey, Arc<Synthesis>>,
-    synth_flights: singleflight::Group<TagKey, Result<Arc<Synthesis>>>,
+    links: Arc<Links>,
+    tags: Arc<Tags>,
+    manifests: Arc<Manifests>,
+    blobs: Arc<Blobs>,
+    synthesis: Synthesis,
 }
 
+use blobs::Blobs;
+use links::Links;
+use manifests::{ManifestSettings, Manifests};
+use synthesis::Synthesis;
+use tags::Tags;
+use upstreams::Upstreams;
+
 impl Registry {
-    pub fn new(config: Config, shared: &Shared) -> Result<Registry, String> {
+    /// A registry whose upstreams are the configured registries, over HTTP.
+    pub fn new(config: Config, shared: &Shared) -> Result<Registry, BuildError> {
+        let remotes = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                Upstream::new(u, shared.metrics.clone()).map(|u| Arc::new(u) as Arc<dyn Remote>)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Registry::with_remotes(config, shared, remotes))
+    }
+
+    /// A registry over the given upstreams, one per `[[upstream]]` in config order.
+    pub fn with_remotes(
+        config: Config,
+        shared: &Shared,
+        remotes: Vec<Arc<dyn Remote>>,
+    ) -> Registry {
         let Shared {
             store,
             metrics,
@@ -133,12 +122,7 @@ impl Registry {
             access,
         } = shared.clone();
         let router = Router::new(&config.upstreams);
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|u| Upstream::new(u, metrics.clone()).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let upstream_names = upstreams.iter().map(|u| u.name.as_str().into()).collect();
+        let upstreams = Arc::new(Upstreams::new(remotes));
         // With a bounded cache, another replica's collection may unlink what this one holds in
         // memory. Forgetting links and tags within gc_min_age means nothing evicted (unused
         // for longer than that) is still believed here; the manifest bytes themselves are
@@ -148,132 +132,190 @@ impl Registry {
             .gc
             .max_size
             .map(|_| config.storage.gc.min_age.max(Duration::from_secs(1)));
-
-        let manifests = moka::future::Cache::builder()
-            .weigher(|_k: &Digest, m: &Arc<Manifest>| {
-                u32::try_from(m.bytes.len() + 256).unwrap_or(u32::MAX)
-            })
-            .max_capacity(config.cache.memory)
-            .build();
-        let fallbacks = Fallbacks::new(&config, &router);
-        let mut synth = moka::future::Cache::builder().max_capacity(100_000);
-        let synth_ttl = match forget_after {
-            Some(t) => t.min(config.cache.tag_ttl),
-            None => config.cache.tag_ttl,
-        };
-        if !synth_ttl.is_zero() {
-            synth = synth.time_to_live(synth_ttl);
-        }
-        let auth = config
-            .auth
-            .as_ref()
-            .map(|a| crate::auth::Authenticator::new(a.users.clone(), a.anonymous));
-        Ok(Registry {
-            auth,
-            fallbacks,
-            synth: synth.build(),
-            synth_flights: Default::default(),
-            router,
-            upstreams,
-            upstream_names,
+        let ttl = config.cache.tag_ttl;
+        let links = Arc::new(Links::new(store.clone(), upstreams.clone(), forget_after));
+        let tags = Arc::new(Tags::new(
+            store.clone(),
+            upstreams.clone(),
+            ttl,
+            forget_after,
+        ));
+        let manifests = Arc::new(Manifests::new(
+            store.clone(),
+            upstreams.clone(),
+            links.clone(),
+            tags.clone(),
+            metrics.clone(),
+            access.clone(),
+            ManifestSettings {
+                serve_stale: config.cache.serve_stale,
+                memory: config.cache.memory,
+            },
+        ));
+        let blobs = Arc::new(Blobs::new(
+            store.clone(),
+            fills.clone(),
+            links.clone(),
+            upstreams.clone(),
+            metrics.clone(),
             access,
-            fills,
+        ));
+        let synthesis = Synthesis::new(
+            router.clone(),
+            Fallbacks::new(&config.fallbacks, &router),
+            synthesis::Parts {
+                store: store.clone(),
+                manifests: manifests.clone(),
+                blobs: blobs.clone(),
+                links: links.clone(),
+                upstreams: upstreams.clone(),
+                metrics: metrics.clone(),
+            },
+            forget_after.map_or(ttl, |t| t.min(ttl)),
+        );
+        Registry {
+            config,
             store,
             metrics,
+            router,
+            upstreams,
+            fills,
+            links,
+            tags,
             manifests,
-            tags: bounded(1_000_000, forget_after),
-            manifest_links: bounded(1_000_000, forget_after),
-            blob_links: bounded(4_000_000, forget_after),
-            blob_sizes: moka::future::Cache::new(4_000_000),
-            tag_flights: Default::default(),
-            digest_flights: Default::default(),
-            config,
-        })
+            blobs,
+            synthesis,
+        }
     }
 
-    /// Routes a repository name as the client sent it.
+    /// Routes a repository name as the client sent it, with containerd's `?ns=` if any.
     pub fn route(&self, name: &RepoName, ns: Option<&str>) -> Result<Route> {
         self.router.route(name, ns)
     }
 
-    fn upstream(&self, route: &Route) -> &Arc<Upstream> {
-        &self.upstreams[route.upstream]
+    /// How many upstreams are configured.
+    pub fn upstream_count(&self) -> usize {
+        self.upstreams.len()
     }
 
-    fn upstream_name(&self, route: &Route) -> &str {
-        &self.upstreams[route.upstream].name
+    /// The manifest `reference` names, as stored (no synthesis, no platform resolution).
+    pub async fn manifest(
+        &self,
+        route: &Route,
+        reference: &Reference,
+    ) -> Result<Served<Arc<Manifest>>> {
+        self.manifests.get(route, reference).await
     }
 
-    /// The route a link's recorded source names, if its upstream is still configured.
-    fn source_route(&self, s: &records::Source) -> Option<Route> {
-        Some(Route {
-            upstream: self.upstreams.iter().position(|u| u.name == s.upstream)?,
-            repo: s.repository.parse().ok()?,
-        })
-    }
-
-    /// One page of the upstream's tag list. `n` and `last` are the only parameters passed on;
-    /// when the upstream ignores them (distribution 2.8 does), the page is cut here, in the
-    /// spec's lexical order, with a `Link` to the next one.
-    pub async fn tags(&self, route: &Route, n: Option<u32>, last: Option<&Tag>) -> Result<TagPage> {
-        let query = {
-            let mut q = url::form_urlencoded::Serializer::new(String::new());
-            if let Some(n) = n {
-                q.append_pair("n", &n.to_string());
-            }
-            if let Some(l) = last {
-                q.append_pair("last", l.as_str());
-            }
-            q.finish()
+    /// The manifest a client gets for `reference`: after fallback synthesis for tags, and
+    /// resolved to one platform when the client's `Accept` names no index type.
+    pub async fn manifest_for_client(
+        &self,
+        route: &Route,
+        reference: &Reference,
+        accept: &Accept,
+        user_agent: Option<&str>,
+    ) -> Result<Served<Arc<Manifest>>> {
+        let tag = match reference {
+            Reference::Digest(_) => return self.manifests.get(route, reference).await,
+            Reference::Tag(t) => t,
         };
-        let page = self
-            .upstream(route)
-            .tags(&route.repo, &query)
-            .await?
-            .ok_or_else(|| {
-                Error::NameUnknown(format!(
-                    "repository {} is unknown to upstream {}",
-                    route.repo,
-                    self.upstream_name(route)
-                ))
-            })?;
-        if n.is_none() && last.is_none() {
-            return Ok(page);
+        let served = self.tag_manifest(route, tag).await?;
+        if !is_index(&served.value.media_type) || accept.names_index() {
+            return Ok(served);
         }
-        Ok(paginate(page, &route.repo, n, last))
+        // As Docker Hub does for clients that cannot read an index: the manifest for the
+        // client's platform (from a Docker-style User-Agent), else the default platform.
+        let want = user_agent
+            .and_then(Platform::from_user_agent)
+            .unwrap_or_else(|| self.config.multiarch.default_platform.clone());
+        let child = self.platform_manifest(route, tag, &served.value, &want)?;
+        let m = self.manifests.get(route, &Reference::Digest(child)).await?;
+        Ok(Served::new(m.value, served.provenance.and(m.provenance)))
+    }
+
+    /// The digest of the entry of `index` that serves `want`.
+    fn platform_manifest(
+        &self,
+        route: &Route,
+        tag: &Tag,
+        m: &Manifest,
+        want: &Platform,
+    ) -> Result<Digest> {
+        let v: serde_json::Value = serde_json::from_slice(&m.bytes)
+            .map_err(|e| Error::ManifestInvalid(format!("index of {}:{tag}: {e}", route.repo)))?;
+        let entry = index::select(&v, want).map_err(|have| {
+            let have: Vec<String> = have.iter().map(Platform::to_string).collect();
+            Error::ManifestUnknown(format!(
+                "{}:{tag} has no manifest for {want}; its platforms are: {}",
+                route.repo,
+                have.join(", ")
+            ))
+        })?;
+        index::entry_digest(entry).map_err(|e| Error::ManifestInvalid(format!("index entry: {e}")))
+    }
+
+    /// What a tag serves: the upstream's manifest, or the synthesized index when a fallback
+    /// rule covers the repository.
+    pub async fn tag_manifest(&self, route: &Route, tag: &Tag) -> Result<Served<Arc<Manifest>>> {
+        if self.synthesis.rule(route).is_none() {
+            return self
+                .manifests
+                .get(route, &Reference::Tag(tag.clone()))
+                .await;
+        }
+        let r = self.synthesis.resolve(route, tag).await?;
+        let m = r.value.manifest.clone();
+        self.manifests.note_use(route, &m.digest);
+        Ok(Served::new(m, r.provenance))
+    }
+
+    /// How a tag resolves platform by platform (synthesizing when a rule applies).
+    pub async fn resolve(&self, route: &Route, tag: &Tag) -> Result<Resolution> {
+        Ok(self
+            .synthesis
+            .resolve(route, tag)
+            .await?
+            .value
+            .report
+            .clone())
+    }
+
+    /// The size of a blob, as a HEAD request answers it. Never starts a fill.
+    pub async fn blob_head(&self, route: &Route, d: &Digest) -> Result<u64> {
+        self.blobs.head(route, d).await
+    }
+
+    /// A blob's bytes (or the requested range of them).
+    pub async fn blob(
+        &self,
+        route: &Route,
+        d: &Digest,
+        range: Option<RangeSpec>,
+    ) -> Result<BlobBody> {
+        self.blobs.get(route, d, range).await
+    }
+
+    /// One page of the upstream's tag list.
+    pub async fn tags(&self, route: &Route, n: Option<u32>, last: Option<&Tag>) -> Result<TagPage> {
+        tags::list(&self.upstreams, route, n, last).await
     }
 
     /// Drops in-memory state that may name what a collection just deleted.
-    pub async fn forget_evicted(&self, report: &crate::gc::Report) {
-        self.tags.invalidate_all();
-        self.manifest_links.invalidate_all();
-        self.blob_links.invalidate_all();
-        self.synth.invalidate_all();
+    pub async fn forget_evicted(&self, report: &Report) {
+        self.tags.forget_all();
+        self.links.forget_all();
+        self.synthesis.forget_all();
         for (d, _) in &report.plan.content {
-            self.manifests.invalidate(d).await;
-            self.blob_sizes.invalidate(d).await;
+            self.manifests.forget(d).await;
+            self.blobs.forget(d).await;
         }
     }
 
-    fn hit(&self, kind: &str) {
-        self.metrics.cache_hits.with_label_values(&[kind]).inc();
-        served_from("cache");
-    }
-
-    fn miss(&self, kind: &str) {
-        self.metrics.cache_misses.with_label_values(&[kind]).inc();
-        served_from("upstream");
-    }
-
-    /// Notes that `digest` was served for the routed repository (for the bounded cache).
-    fn note_manifest(&self, route: &Route, digest: &Digest) {
-        self.access
-            .manifest(&self.upstream_names[route.upstream], &route.repo, digest);
-    }
-
-    /// Number of blob fills in flight (for tests and metrics).
+    /// Blob fills in progress, with the bookkeeping that links what they cached.
     pub fn fills_in_flight(&self) -> usize {
-        self.fills.len()
+        let recording = usize::try_from(self.metrics.fills_in_flight.get()).unwrap_or(0);
+        self.fills.len().max(recording)
     }
 }
 
@@ -287,41 +329,5 @@ where
     match ttl {
         Some(t) => b.time_to_live(t).build(),
         None => b.build(),
-    }
-}
-
-#[derive(serde::Deserialize, serde::Serialize)]
-struct TagList {
-    name: String,
-    #[serde(default)]
-    tags: Option<Vec<String>>,
-}
-
-fn paginate(page: TagPage, repo: &RepoName, n: Option<u32>, last: Option<&Tag>) -> TagPage {
-    let Ok(mut list) = serde_json::from_slice::<TagList>(&page.body) else {
-        return page;
-    };
-    let mut tags = list.tags.take().unwrap_or_default();
-    tags.sort();
-    if let Some(l) = last {
-        tags.retain(|t| t.as_str() > l.as_str());
-    }
-    let limit = n.map_or(usize::MAX, |n| n as usize);
-    let more = tags.len() > limit;
-    tags.truncate(limit);
-    let link = match (&page.link, more, tags.last()) {
-        (Some(l), _, _) => Some(l.clone()),
-        (None, true, Some(last)) => Some(format!(
-            "</v2/{repo}/tags/list?n={limit}&last={last}>; rel=\"next\""
-        )),
-        _ => None,
-    };
-    list.tags = Some(tags);
-    match serde_json::to_vec(&list) {
-        Ok(body) => TagPage {
-            body: body.into(),
-            link,
-        },
-        Err(_) => page,
     }
 }

@@ -23,10 +23,23 @@ use crate::error::{Error, Result};
 use crate::oci::Digest;
 
 /// What a fill reads from: the upstream response, already checked for status.
-pub struct BlobSource {
+pub struct FillSource {
     /// The announced length, when the upstream sent one.
     pub size: Option<u64>,
     pub stream: BoxStream<'static, Result<Bytes>>,
+}
+
+/// How a reader's stream ends when its fill failed: the fill's own error, which callers that
+/// read a blob whole can take back out of the `io::Error` (see [`FillFailed::cause`]).
+#[derive(Debug, thiserror::Error)]
+#[error("blob fill failed")]
+pub struct FillFailed(#[source] pub Arc<Error>);
+
+impl FillFailed {
+    /// The fill's error behind `e`, when `e` is how a fill reader reported one.
+    pub fn cause(e: &std::io::Error) -> Option<&Arc<Error>> {
+        e.get_ref()?.downcast_ref::<FillFailed>().map(|f| &f.0)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -172,7 +185,7 @@ impl ReaderState {
         loop {
             let p = self.rx.borrow_and_update().clone();
             let done = match &p.phase {
-                Phase::Failed(e) => return Err(std::io::Error::other(e.to_string())),
+                Phase::Failed(e) => return Err(std::io::Error::other(FillFailed(e.clone()))),
                 Phase::Connecting | Phase::Streaming if closed => {
                     return Err(std::io::Error::other("blob fill ended unexpectedly"))
                 }
@@ -288,7 +301,7 @@ impl Fills {
     pub fn join_or_start<F, Fut>(&self, d: &Digest, origin: &str, source: F) -> (Arc<Fill>, bool)
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<BlobSource>> + Send + 'static,
+        Fut: Future<Output = Result<FillSource>> + Send + 'static,
     {
         // The lock is held only for the map operation: no await under it.
         let mut map = match self.map.lock() {
@@ -344,7 +357,7 @@ async fn run<F, Fut>(
 ) -> Result<()>
 where
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<BlobSource>>,
+    Fut: Future<Output = Result<FillSource>>,
 {
     // The writer thread reports spool progress; readers wake on it. It batches whatever
     // chunks have queued up, so readers are not woken once per network read.
@@ -356,7 +369,7 @@ where
         })
         .await?;
     let _ = fill.spool.set(sink.spool());
-    let BlobSource { size, mut stream } = source().await?;
+    let FillSource { size, mut stream } = source().await?;
     tx.send_modify(|p| {
         p.size = size;
         p.phase = Phase::Streaming;
@@ -366,12 +379,12 @@ where
     while let Some(chunk) = stream.next().await {
         chunks += 1;
         sink.write(chunk?).await?;
-        if size.is_some_and(|s| sink.queued() > s) {
-            return Err(Error::Internal(format!(
-                "upstream sent more than the announced {} bytes for {}",
-                size.unwrap_or(0),
-                fill.digest
-            )));
+        if let Some(announced) = size.filter(|s| sink.queued() > *s) {
+            return Err(Error::SizeMismatch {
+                digest: fill.digest.clone(),
+                announced,
+                actual: sink.queued(),
+            });
         }
     }
     let written = sink.commit(size).await?;
@@ -409,10 +422,10 @@ mod tests {
     }
 
     /// A source fed by the test, chunk by chunk.
-    fn channel_source(size: Option<u64>) -> (mpsc::Sender<Result<Bytes>>, BlobSource) {
+    fn channel_source(size: Option<u64>) -> (mpsc::Sender<Result<Bytes>>, FillSource) {
         let (tx, mut rx) = mpsc::channel::<Result<Bytes>>(16);
         let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
-        (tx, BlobSource { size, stream })
+        (tx, FillSource { size, stream })
     }
 
     #[tokio::test]
@@ -467,7 +480,14 @@ mod tests {
                 .unwrap();
             drop(tx);
             let r: std::io::Result<Vec<Bytes>> = fill.reader(0, None).try_collect().await;
-            assert!(r.is_err(), "a corrupt blob must not be delivered whole");
+            let e = r.expect_err("a corrupt blob must not be delivered whole");
+            assert!(
+                matches!(
+                    FillFailed::cause(&e).map(|c| &**c),
+                    Some(Error::DigestMismatch { .. })
+                ),
+                "the reader's error carries the fill's: {e:?}"
+            );
             assert!(matches!(
                 &*fill.finished().await.unwrap_err(),
                 Error::DigestMismatch { .. }
@@ -485,9 +505,12 @@ mod tests {
         let (tx, src) = channel_source(Some(10));
         let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
         tx.send(Ok(Bytes::from_static(b"01234"))).await.unwrap();
-        tx.send(Err(Error::Unavailable("connection reset".into())))
-            .await
-            .unwrap();
+        tx.send(Err(Error::io(
+            "upstream transfer",
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+        )))
+        .await
+        .unwrap();
         let r: std::io::Result<Vec<Bytes>> = fill.reader(0, None).try_collect().await;
         assert!(r.is_err());
         assert_eq!(store.blob_size(&d).await.unwrap(), None);

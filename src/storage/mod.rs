@@ -7,6 +7,7 @@
 
 pub mod fill;
 pub mod layout;
+pub mod records;
 mod sink;
 
 use std::ops::Range;
@@ -33,7 +34,7 @@ use crate::config::{StorageConfig, StorageUrl};
 use crate::error::{Error, Result};
 use crate::oci::Digest;
 
-pub use fill::{Fill, Fills};
+pub use fill::{Fill, FillSource, Fills};
 pub use sink::BlobSink;
 
 /// Size of each read when streaming a cached blob from local disk: large enough that syscalls
@@ -68,6 +69,29 @@ impl WriteMeter {
     }
 }
 
+/// Why the store cannot be opened at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("storage.spool_dir: cannot create {}", path.display())]
+    Spool {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storage.url: cannot use {}", path.display())]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storage.url: cannot open {url}")]
+    Backend {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
 /// The object store, plus what archway knows about its backend.
 #[derive(Clone)]
 pub struct Store {
@@ -87,13 +111,19 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    pub fn open(cfg: &StorageConfig) -> Result<Store, String> {
-        std::fs::create_dir_all(&cfg.spool_dir).map_err(|e| {
-            format!(
-                "storage.spool_dir: cannot create {}: {e}",
-                cfg.spool_dir.display()
-            )
+    pub fn open(cfg: &StorageConfig) -> Result<Store, OpenError> {
+        std::fs::create_dir_all(&cfg.spool_dir).map_err(|source| OpenError::Spool {
+            path: cfg.spool_dir.clone(),
+            source,
         })?;
+        let backend = |source| OpenError::Backend {
+            url: cfg.url.to_string(),
+            source,
+        };
+        let directory = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| OpenError::Directory { path, source }
+        };
         match &cfg.url {
             StorageUrl::S3 { bucket, prefix } => {
                 let s3 = &cfg.s3;
@@ -116,9 +146,7 @@ impl Store {
                 if let Some(v) = &s3.secret_access_key {
                     b = b.with_secret_access_key(v);
                 }
-                let s3 = b
-                    .build()
-                    .map_err(|e| format!("storage.url: {}: {e}", cfg.url))?;
+                let s3 = b.build().map_err(backend)?;
                 Ok(Store::remote(s3, prefix, cfg))
             }
             StorageUrl::Azure { container, prefix } => {
@@ -139,9 +167,7 @@ impl Store {
                 if let Some(v) = az.use_emulator {
                     b = b.with_use_emulator(v);
                 }
-                let az = b
-                    .build()
-                    .map_err(|e| format!("storage.url: {}: {e}", cfg.url))?;
+                let az = b.build().map_err(backend)?;
                 Ok(Store::remote(az, prefix, cfg))
             }
             StorageUrl::Memory => Ok(Store {
@@ -151,16 +177,11 @@ impl Store {
                 spool_dir: cfg.spool_dir.clone(),
             }),
             StorageUrl::File(dir) => {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("storage.url: cannot create {}: {e}", dir.display()))?;
-                let root = std::fs::canonicalize(dir)
-                    .map_err(|e| format!("storage.url: {}: {e}", dir.display()))?;
-                let fs = LocalFileSystem::new_with_prefix(&root)
-                    .map_err(|e| format!("storage.url: {}: {e}", root.display()))?;
+                std::fs::create_dir_all(dir).map_err(directory(dir))?;
+                let root = std::fs::canonicalize(dir).map_err(directory(dir))?;
+                let fs = LocalFileSystem::new_with_prefix(&root).map_err(backend)?;
                 let staging = root.join(sink::LOCAL_STAGING_DIR);
-                std::fs::create_dir_all(&staging).map_err(|e| {
-                    format!("storage.url: cannot create {}: {e}", staging.display())
-                })?;
+                std::fs::create_dir_all(&staging).map_err(directory(&staging))?;
                 sink::clean_stale_staging(&staging);
                 Ok(Store {
                     os: Arc::new(fs),
@@ -252,14 +273,14 @@ impl Store {
             let file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::Internal(format!("{}: {e}", path.display()))),
+                Err(e) => return Err(Error::io(format!("cannot open {}", path.display()), e)),
             };
             let range = match range {
                 Some(r) => r,
                 None => {
                     0..file
                         .metadata()
-                        .map_err(|e| Error::Internal(format!("{}: {e}", path.display())))?
+                        .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?
                         .len()
                 }
             };
@@ -323,7 +344,10 @@ impl Store {
             None => Ok(None),
             Some(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| Error::Internal(format!("corrupt record {key}: {e}"))),
+                .map_err(|e| Error::CorruptRecord {
+                    key: key.to_string(),
+                    source: Arc::new(e),
+                }),
         }
     }
 

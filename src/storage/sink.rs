@@ -91,7 +91,9 @@ impl BlobSink {
         d: &Digest,
         on_progress: impl Fn(u64, &[Bytes]) + Send + 'static,
     ) -> Result<BlobSink> {
-        let io = |what: &str, e: std::io::Error| Error::Internal(format!("{what}: {e}"));
+        let io = |what: &str, path: &std::path::Path, e| {
+            Error::io(format!("cannot create the {what} {}", path.display()), e)
+        };
         let name = format!("{}-{}", d.hex(), uuid::Uuid::new_v4().simple());
         let (spool, target) = match &store.local_root {
             Some(root) => {
@@ -101,7 +103,7 @@ impl BlobSink {
                     .write(true)
                     .create_new(true)
                     .open(&staged)
-                    .map_err(|e| io("staging file", e))?;
+                    .map_err(|e| io("staging file", &staged, e))?;
                 let final_path = root.join(layout::blob(d).as_ref());
                 (
                     file,
@@ -119,7 +121,7 @@ impl BlobSink {
                     .write(true)
                     .create_new(true)
                     .open(&path)
-                    .map_err(|e| io("spool file", e))?;
+                    .map_err(|e| io("spool file", &path, e))?;
                 // Unlinked at once: readers share the descriptor, and a crash leaves nothing.
                 let _ = std::fs::remove_file(&path);
                 let upload = store.os.put_multipart(&layout::blob(d)).await?;
@@ -198,10 +200,11 @@ impl BlobSink {
         if let Some(size) = expected_size {
             if size != written {
                 self.abort_now().await;
-                return Err(Error::Internal(format!(
-                    "upstream sent {written} bytes for {}, announced {size}",
-                    self.digest
-                )));
+                return Err(Error::SizeMismatch {
+                    digest: self.digest.clone(),
+                    announced: size,
+                    actual: written,
+                });
             }
         }
         match &mut self.target {
@@ -212,11 +215,11 @@ impl BlobSink {
             } => {
                 if let Some(parent) = final_path.parent() {
                     std::fs::create_dir_all(parent)
-                        .map_err(|e| Error::Internal(format!("{}: {e}", parent.display())))?;
+                        .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
                 }
                 // rename(2) is atomic: readers see no file or the whole verified file.
                 std::fs::rename(&*staged, &*final_path).map_err(|e| {
-                    Error::Internal(format!("publish {}: {e}", final_path.display()))
+                    Error::io(format!("cannot publish {}", final_path.display()), e)
                 })?;
                 *published = true;
             }
@@ -239,8 +242,8 @@ impl BlobSink {
             .ok_or_else(|| Error::Internal("blob sink finished twice".into()))?;
         writer
             .await
-            .map_err(|e| Error::Internal(format!("spool writer: {e}")))?
-            .map_err(|e| Error::Internal(format!("spool write: {e}")))
+            .map_err(|e| Error::Internal(format!("the spool writer stopped: {e}")))?
+            .map_err(|e| Error::io("cannot write the spool", e))
     }
 
     /// Discards everything written.

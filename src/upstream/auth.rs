@@ -114,6 +114,14 @@ pub struct Token {
     pub expires: Instant,
 }
 
+impl Token {
+    /// Whether the token may still be sent at `now`. Tokens are cached per scope; one that
+    /// has expired is fetched again rather than sent to collect a 401.
+    pub fn usable(&self, now: Instant) -> bool {
+        now < self.expires
+    }
+}
+
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Token(<redacted>, expires {:?})", self.expires)
@@ -192,6 +200,11 @@ mod tests {
         let t = parse_token(br#"{"access_token":"xyz"}"#, now).unwrap();
         assert_eq!(t.value, "xyz");
         assert_eq!(t.expires, now + Duration::from_secs(54));
+        assert!(t.usable(now + Duration::from_secs(53)));
+        assert!(
+            !t.usable(now + Duration::from_secs(54)),
+            "refetched once it expires"
+        );
         assert!(parse_token(br#"{"token":""}"#, now).is_none());
         assert!(parse_token(b"nope", now).is_none());
         assert!(!format!("{t:?}").contains("xyz"));

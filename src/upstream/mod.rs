@@ -2,15 +2,21 @@
 //! API, with authentication, timeouts, redirects and connection pooling.
 //!
 //! It knows nothing of the cache. It answers "what does the upstream say", mapping a 404 to
-//! `None` so callers decide which OCI error that is, and every other failure to
+//! `None` so callers decide which OCI error that is, and every other failure to an
 //! [`UpstreamError`], which tells whether the upstream is *unavailable* (the case where a
-//! stale cached answer may be served).
+//! stale cached answer may be served). The services see upstreams through the [`Remote`]
+//! trait, so their tests can stand an in-memory registry in for the network.
 
 pub mod auth;
+mod error;
+#[cfg(test)]
+pub mod memory;
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, StatusCode};
@@ -18,53 +24,11 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::config::UpstreamConfig;
-use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::oci::manifest::MAX_MANIFEST_SIZE;
 use crate::oci::{media, Digest, RepoName};
-use crate::storage::fill::BlobSource;
 use auth::{Challenge, Credentials, Token};
-
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("{upstream}: {message}")]
-    Transport { upstream: String, message: String },
-    #[error("{upstream} answered HTTP {status}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
-    Status {
-        upstream: String,
-        status: u16,
-        message: String,
-    },
-    #[error("{upstream}: authentication failed: {message}")]
-    Auth { upstream: String, message: String },
-    #[error("{upstream}: manifest larger than {MAX_MANIFEST_SIZE} bytes")]
-    TooLarge { upstream: String },
-}
-
-impl UpstreamError {
-    /// Down, overloaded or rate limiting: the cases where serving a stale answer is right.
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            UpstreamError::Transport { .. } => true,
-            UpstreamError::Status { status, .. } => *status == 429 || *status >= 500,
-            _ => false,
-        }
-    }
-}
-
-impl From<UpstreamError> for Error {
-    fn from(e: UpstreamError) -> Error {
-        match &e {
-            UpstreamError::Status { status: 429, .. } => Error::TooManyRequests(e.to_string()),
-            UpstreamError::Status {
-                status: 401 | 403, ..
-            }
-            | UpstreamError::Auth { .. } => Error::Denied(e.to_string()),
-            UpstreamError::TooLarge { .. } => Error::ManifestInvalid(e.to_string()),
-            _ => Error::Unavailable(e.to_string()),
-        }
-    }
-}
+pub use error::{Failure, UpstreamError};
 
 /// What a manifest HEAD says.
 #[derive(Debug, Clone)]
@@ -83,6 +47,13 @@ pub struct FetchedManifest {
     pub digest: Option<Digest>,
 }
 
+/// A blob as the upstream sends it: its announced length and the body, unverified.
+pub struct BlobDownload {
+    /// `Content-Length`, when the upstream sent one.
+    pub size: Option<u64>,
+    pub stream: BoxStream<'static, Result<Bytes, UpstreamError>>,
+}
+
 /// A tag list page, passed through.
 #[derive(Debug, Clone)]
 pub struct TagPage {
@@ -90,6 +61,31 @@ pub struct TagPage {
     pub link: Option<String>,
 }
 
+type UResult<T> = Result<T, UpstreamError>;
+
+/// An upstream registry as the services use it. `Ok(None)` is the upstream's 404.
+#[async_trait]
+pub trait Remote: Send + Sync + std::fmt::Debug {
+    /// The configured name, for messages and metrics.
+    fn name(&self) -> &str;
+    async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> UResult<Option<ManifestHead>>;
+    async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> UResult<Option<FetchedManifest>>;
+    /// A blob's size.
+    async fn head_blob(&self, repo: &RepoName, d: &Digest) -> UResult<Option<u64>>;
+    async fn get_blob(&self, repo: &RepoName, d: &Digest) -> UResult<Option<BlobDownload>>;
+    /// One page of `/tags/list`; `query` is passed on as is (`n=..&last=..`).
+    async fn tags(&self, repo: &RepoName, query: &str) -> UResult<Option<TagPage>>;
+}
+
+/// The HTTP client for one configured upstream.
 pub struct Upstream {
     pub name: String,
     base: Url,
@@ -108,10 +104,25 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-type UResult<T> = Result<T, UpstreamError>;
+/// Why an upstream's HTTP client cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("upstream {name}: ca_file holds no usable certificate")]
+    Ca {
+        name: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("upstream {name}: cannot build its HTTP client")]
+    Client {
+        name: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
 
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, metrics: Metrics) -> Result<Upstream, String> {
+    pub fn new(cfg: &UpstreamConfig, metrics: Metrics) -> Result<Upstream, BuildError> {
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(concat!("archway/", env!("CARGO_PKG_VERSION")))
@@ -122,15 +133,19 @@ impl Upstream {
             .pool_max_idle_per_host(64)
             .danger_accept_invalid_certs(cfg.insecure_skip_verify);
         if let Some(pem) = &cfg.ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("upstream {}: ca_file: {e}", cfg.name))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|source| BuildError::Ca {
+                    name: cfg.name.clone(),
+                    source,
+                })?;
             for c in certs {
                 b = b.add_root_certificate(c);
             }
         }
-        let http = b
-            .build()
-            .map_err(|e| format!("upstream {}: {e}", cfg.name))?;
+        let http = b.build().map_err(|source| BuildError::Client {
+            name: cfg.name.clone(),
+            source,
+        })?;
         let mut base = cfg.url.clone();
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
@@ -153,38 +168,35 @@ impl Upstream {
     }
 
     fn url(&self, path: &str) -> UResult<Url> {
-        self.base.join(path).map_err(|e| UpstreamError::Transport {
+        self.base.join(path).map_err(|source| UpstreamError::Url {
             upstream: self.name.clone(),
-            message: format!("bad URL {path}: {e}"),
+            path: path.to_string(),
+            source,
         })
     }
 
     fn transport(&self, e: reqwest::Error) -> UpstreamError {
-        let kind = if e.is_timeout() {
+        let what = if e.is_timeout() {
             "timed out"
         } else if e.is_connect() {
             "cannot connect"
+        } else if e.is_body() || e.is_decode() {
+            "transfer failed"
         } else {
             "transport error"
         };
-        // Without the URL: a redirect target may carry a signed query string.
-        let e = e.without_url();
         UpstreamError::Transport {
             upstream: self.name.clone(),
-            message: format!("{kind}: {e}"),
+            what,
+            source: e.without_url(),
         }
     }
 
-    fn status_error(&self, status: StatusCode, body: &[u8]) -> UpstreamError {
-        // Keep the upstream's own OCI error message when it sent one.
-        let message = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        UpstreamError::Status {
+    fn token_problem(&self, problem: String, status: Option<u16>) -> UpstreamError {
+        UpstreamError::Token {
             upstream: self.name.clone(),
-            status: status.as_u16(),
-            message,
+            problem,
+            status,
         }
     }
 
@@ -192,9 +204,8 @@ impl Upstream {
         match challenge {
             Challenge::Basic => Ok(self.creds.as_ref().map(Credentials::basic_header)),
             Challenge::Bearer { realm, service, .. } => {
-                let now = Instant::now();
                 if let Some(t) = self.tokens.get(scope).await {
-                    if t.expires > now {
+                    if t.usable(Instant::now()) {
                         return Ok(Some(format!("Bearer {}", t.value)));
                     }
                     self.tokens.invalidate(scope).await;
@@ -204,9 +215,9 @@ impl Upstream {
                     .tokens
                     .try_get_with(scope.to_string(), fetch)
                     .await
-                    .map_err(|e| UpstreamError::Auth {
+                    .map_err(|source| UpstreamError::TokenFetch {
                         upstream: self.name.clone(),
-                        message: e.to_string(),
+                        source,
                     })?;
                 Ok(Some(format!("Bearer {}", t.value)))
             }
@@ -214,10 +225,8 @@ impl Upstream {
     }
 
     async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> UResult<Token> {
-        let mut url = Url::parse(realm).map_err(|e| UpstreamError::Auth {
-            upstream: self.name.clone(),
-            message: format!("bad token realm {realm:?}: {e}"),
-        })?;
+        let mut url = Url::parse(realm)
+            .map_err(|e| self.token_problem(format!("bad token realm {realm:?}: {e}"), None))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -231,21 +240,23 @@ impl Upstream {
         }
         let resp = req.send().await.map_err(|e| self.transport(e))?;
         let status = resp.status();
-        self.metrics
-            .upstream_requests
-            .with_label_values(&[&self.name, "TOKEN", status.as_str()])
-            .inc();
+        self.count("TOKEN", status.as_str());
         let body = resp.bytes().await.map_err(|e| self.transport(e))?;
         if !status.is_success() {
-            return Err(UpstreamError::Auth {
-                upstream: self.name.clone(),
-                message: format!("token endpoint answered HTTP {status}"),
-            });
+            return Err(self.token_problem(
+                format!("token endpoint answered HTTP {status}"),
+                Some(status.as_u16()),
+            ));
         }
-        auth::parse_token(&body, Instant::now()).ok_or_else(|| UpstreamError::Auth {
-            upstream: self.name.clone(),
-            message: "token endpoint sent no token".into(),
-        })
+        auth::parse_token(&body, Instant::now())
+            .ok_or_else(|| self.token_problem("token endpoint sent no token".into(), None))
+    }
+
+    fn count(&self, method: &str, status: &str) {
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[&self.name, method, status])
+            .inc();
     }
 
     /// Sends a body-less request, authenticating as the upstream asks.
@@ -273,20 +284,14 @@ impl Upstream {
             }
             let started = Instant::now();
             let resp = req.send().await.map_err(|e| {
-                self.metrics
-                    .upstream_requests
-                    .with_label_values(&[&self.name, method.as_str(), "error"])
-                    .inc();
+                self.count(method.as_str(), "error");
                 self.transport(e)
             })?;
             self.metrics
                 .upstream_duration
                 .with_label_values(&[&self.name])
                 .observe(started.elapsed().as_secs_f64());
-            self.metrics
-                .upstream_requests
-                .with_label_values(&[&self.name, method.as_str(), resp.status().as_str()])
-                .inc();
+            self.count(method.as_str(), resp.status().as_str());
             if resp.status() != StatusCode::UNAUTHORIZED || retried {
                 return Ok(resp);
             }
@@ -301,7 +306,7 @@ impl Upstream {
             if let Ok(mut c) = self.challenge.lock() {
                 *c = Some(challenge.clone());
             }
-            // A token the upstream refused is no good for anyone.
+            // A token the upstream refused (expired early, revoked) is no good for anyone.
             self.tokens.invalidate(&scope).await;
             match self.authorize(&challenge, &scope).await? {
                 Some(h) => authz = Some(h),
@@ -311,28 +316,64 @@ impl Upstream {
         }
     }
 
+    /// The failure for a response that is neither success nor 404, with the upstream's own
+    /// OCI error message when it sent one.
     async fn fail(&self, resp: reqwest::Response) -> UpstreamError {
         let status = resp.status();
         let body = resp.bytes().await.unwrap_or_default();
-        self.status_error(status, &body[..body.len().min(4096)])
+        let message = serde_json::from_slice::<serde_json::Value>(&body[..body.len().min(4096)])
+            .ok()
+            .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        UpstreamError::Status {
+            upstream: self.name.clone(),
+            status: status.as_u16(),
+            message,
+        }
     }
 
-    /// HEAD a manifest: `None` when the upstream does not have it.
-    pub async fn head_manifest(
+    /// Sends, and sorts the answer: success, `None` for 404, or the failure.
+    async fn answer(
         &self,
+        method: Method,
+        path: &str,
         repo: &RepoName,
-        reference: &str,
-    ) -> UResult<Option<ManifestHead>> {
-        let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
-        let resp = self
-            .send(Method::HEAD, url, repo, Some(media::UPSTREAM_ACCEPT))
-            .await?;
+        accept: Option<&str>,
+    ) -> UResult<Option<reqwest::Response>> {
+        let url = self.url(path)?;
+        let resp = self.send(method, url, repo, accept).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !resp.status().is_success() {
             return Err(self.fail(resp).await);
         }
+        Ok(Some(resp))
+    }
+
+    fn too_large(&self) -> UpstreamError {
+        UpstreamError::TooLarge {
+            upstream: self.name.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Remote for Upstream {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+    ) -> UResult<Option<ManifestHead>> {
+        let path = format!("v2/{repo}/manifests/{reference}");
+        let accept = Some(media::UPSTREAM_ACCEPT);
+        let Some(resp) = self.answer(Method::HEAD, &path, repo, accept).await? else {
+            return Ok(None);
+        };
         let h = resp.headers();
         Ok(Some(ManifestHead {
             digest: header_str(h, "docker-content-digest").and_then(|d| d.parse().ok()),
@@ -341,29 +382,22 @@ impl Upstream {
         }))
     }
 
-    /// GET a manifest, refusing more than [`MAX_MANIFEST_SIZE`] bytes.
-    pub async fn get_manifest(
+    /// Refuses more than [`MAX_MANIFEST_SIZE`] bytes, announced or sent.
+    async fn get_manifest(
         &self,
         repo: &RepoName,
         reference: &str,
     ) -> UResult<Option<FetchedManifest>> {
-        let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
-        let resp = self
-            .send(Method::GET, url, repo, Some(media::UPSTREAM_ACCEPT))
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let path = format!("v2/{repo}/manifests/{reference}");
+        let accept = Some(media::UPSTREAM_ACCEPT);
+        let Some(resp) = self.answer(Method::GET, &path, repo, accept).await? else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(self.fail(resp).await);
-        }
+        };
         if resp
             .content_length()
             .is_some_and(|l| l > MAX_MANIFEST_SIZE as u64)
         {
-            return Err(UpstreamError::TooLarge {
-                upstream: self.name.clone(),
-            });
+            return Err(self.too_large());
         }
         let h = resp.headers();
         let media_type = header_str(h, CONTENT_TYPE.as_str()).map(str::to_string);
@@ -373,9 +407,7 @@ impl Upstream {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.transport(e))?;
             if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
-                return Err(UpstreamError::TooLarge {
-                    upstream: self.name.clone(),
-                });
+                return Err(self.too_large());
             }
             body.extend_from_slice(&chunk);
         }
@@ -386,16 +418,11 @@ impl Upstream {
         }))
     }
 
-    /// HEAD a blob: its size, or `None` when the repository does not have it.
-    pub async fn head_blob(&self, repo: &RepoName, d: &Digest) -> UResult<Option<u64>> {
-        let url = self.url(&format!("v2/{repo}/blobs/{d}"))?;
-        let resp = self.send(Method::HEAD, url, repo, None).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+    async fn head_blob(&self, repo: &RepoName, d: &Digest) -> UResult<Option<u64>> {
+        let path = format!("v2/{repo}/blobs/{d}");
+        let Some(resp) = self.answer(Method::HEAD, &path, repo, None).await? else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(self.fail(resp).await);
-        }
+        };
         Ok(Some(
             header_str(resp.headers(), CONTENT_LENGTH.as_str())
                 .and_then(|s| s.parse().ok())
@@ -403,41 +430,34 @@ impl Upstream {
         ))
     }
 
-    /// GET a blob as a stream, following redirects (Docker Hub sends blobs from a CDN; reqwest
-    /// drops `Authorization` when a redirect leaves the host).
-    pub async fn get_blob(&self, repo: &RepoName, d: &Digest) -> UResult<Option<BlobSource>> {
-        let url = self.url(&format!("v2/{repo}/blobs/{d}"))?;
-        let resp = self.send(Method::GET, url, repo, None).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+    /// Follows redirects (Docker Hub sends blobs from a CDN; reqwest drops `Authorization`
+    /// when a redirect leaves the host).
+    async fn get_blob(&self, repo: &RepoName, d: &Digest) -> UResult<Option<BlobDownload>> {
+        let path = format!("v2/{repo}/blobs/{d}");
+        let Some(resp) = self.answer(Method::GET, &path, repo, None).await? else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(self.fail(resp).await);
-        }
+        };
         let name = self.name.clone();
         let size = resp.content_length();
         let stream = resp
             .bytes_stream()
-            .map_err(move |e| {
-                Error::Unavailable(format!("{name}: blob transfer failed: {}", e.without_url()))
+            .map_err(move |e| UpstreamError::Transport {
+                upstream: name.clone(),
+                what: "blob transfer failed",
+                source: e.without_url(),
             })
             .boxed();
-        Ok(Some(BlobSource { size, stream }))
+        Ok(Some(BlobDownload { size, stream }))
     }
 
-    /// One page of the tag list, passed through.
-    pub async fn tags(&self, repo: &RepoName, query: &str) -> UResult<Option<TagPage>> {
-        let mut url = self.url(&format!("v2/{repo}/tags/list"))?;
+    async fn tags(&self, repo: &RepoName, query: &str) -> UResult<Option<TagPage>> {
+        let mut path = format!("v2/{repo}/tags/list");
         if !query.is_empty() {
-            url.set_query(Some(query));
+            path = format!("{path}?{query}");
         }
-        let resp = self.send(Method::GET, url, repo, None).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let Some(resp) = self.answer(Method::GET, &path, repo, None).await? else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(self.fail(resp).await);
-        }
+        };
         let link = header_str(resp.headers(), "link").map(str::to_string);
         let body = resp.bytes().await.map_err(|e| self.transport(e))?;
         Ok(Some(TagPage { body, link }))

@@ -4,17 +4,21 @@
 //! component naming an upstream (podman's `location = "mirror/docker.io"`) selects it and is
 //! stripped; else the default upstream. Docker Hub's one-component names gain `library/`.
 
+mod fallbacks;
+
 use std::fmt::Write as _;
 
 use crate::config::UpstreamConfig;
 use crate::error::Error;
 use crate::oci::RepoName;
+pub use fallbacks::{FallbackRef, Fallbacks, Rule};
 
-/// A routed request: the upstream (index into the config's list) and the repository name as
-/// that upstream knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A routed request: the upstream and the repository name as that upstream knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
+    /// Index into the config's `[[upstream]]` list.
     pub upstream: usize,
+    /// The repository as the upstream names it (`library/alpine`, never `docker.io/alpine`).
     pub repo: RepoName,
 }
 

@@ -1,0 +1,248 @@
+//! `[[upstream]]`: the registries archway mirrors, how requests route to them, and how
+//! archway connects and authenticates to each.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use super::values::{self, Errors};
+use crate::oci::RepoName;
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    name: Option<String>,
+    url: Option<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    default: bool,
+    username: Option<String>,
+    password_file: Option<String>,
+    ca_file: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+    connect_timeout: Option<String>,
+    read_timeout: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// One lower-case name component: the upstream's key in the store and a path prefix.
+    pub name: String,
+    /// Base URL of the registry (`https://registry-1.docker.io`).
+    pub url: Url,
+    /// Registry host names this upstream answers for (`?ns=` and path prefix).
+    pub hosts: Vec<String>,
+    /// Whether names without a registry prefix go here.
+    pub default: bool,
+    pub username: Option<String>,
+    /// Read from `password_file` at load time; never printed.
+    pub password: Option<String>,
+    /// Extra CA certificates to trust (PEM), read from `ca_file`.
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+    /// TCP and TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// A transfer that sends nothing for this long fails.
+    pub read_timeout: Duration,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .field("hosts", &self.hosts)
+            .field("default", &self.default)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) fn validate(
+    raw: Vec<RawUpstream>,
+    base: Option<&Path>,
+    errs: &mut Errors,
+) -> Vec<UpstreamConfig> {
+    if raw.is_empty() {
+        errs.push(
+            "upstream",
+            "no [[upstream]] is configured: nothing to mirror",
+        );
+    }
+    let mut upstreams = Vec::new();
+    // Routing keys (names and hosts) already taken, and by which upstream.
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut defaults = Vec::new();
+    for (i, u) in raw.into_iter().enumerate() {
+        let k = |f: &str| format!("upstream[{i}].{f}");
+        let name = u.name.clone().unwrap_or_default();
+        if name.is_empty() {
+            errs.push(k("name"), "missing");
+        } else if name.contains('/') || name.parse::<RepoName>().is_err() {
+            errs.push(
+                k("name"),
+                format!("{name:?} must be one lower-case name component (e.g. \"dockerhub\")"),
+            );
+        }
+        let url = url(errs, &k("url"), u.url.as_deref());
+        claim_routing_keys(errs, &mut seen, i, &name, &u.hosts);
+        if u.default {
+            defaults.push(name.clone());
+        }
+        let password = password(errs, base, &k, &u);
+        let ca_pem = u
+            .ca_file
+            .as_deref()
+            .and_then(|f| ca_file(errs, base, &k("ca_file"), f));
+        let connect_timeout = values::duration(
+            errs,
+            &k("connect_timeout"),
+            u.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let read_timeout = values::duration(
+            errs,
+            &k("read_timeout"),
+            u.read_timeout.as_deref(),
+            DEFAULT_READ_TIMEOUT,
+        );
+        if let Some(url) = url {
+            upstreams.push(UpstreamConfig {
+                name,
+                url,
+                hosts: u.hosts,
+                default: u.default,
+                username: u.username,
+                password,
+                ca_pem,
+                insecure_skip_verify: u.insecure_skip_verify,
+                connect_timeout,
+                read_timeout,
+            });
+        }
+    }
+    if defaults.len() > 1 {
+        errs.push(
+            "upstream.default",
+            format!(
+                "more than one default upstream ({}); at most one may say default = true",
+                defaults.join(", ")
+            ),
+        );
+    }
+    upstreams
+}
+
+fn url(errs: &mut Errors, key: &str, v: Option<&str>) -> Option<Url> {
+    let Some(s) = v else {
+        errs.push(key, "missing");
+        return None;
+    };
+    let problem = match Url::parse(s) {
+        Ok(url) if !matches!(url.scheme(), "http" | "https") => {
+            format!("{s:?}: scheme must be http or https")
+        }
+        Ok(url) if url.host_str().is_none() => format!("{s:?} names no host"),
+        Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+            format!("{s:?} must not have a query or fragment")
+        }
+        Ok(url) => return Some(url),
+        Err(e) => format!("bad URL {s:?}: {e}"),
+    };
+    errs.push(key, problem);
+    None
+}
+
+/// The name and every host are routing keys, so each may belong to one upstream only.
+fn claim_routing_keys(
+    errs: &mut Errors,
+    seen: &mut HashMap<String, String>,
+    i: usize,
+    name: &str,
+    hosts: &[String],
+) {
+    let mut keys = vec![(name.to_string(), format!("upstream[{i}].name"), false)];
+    for (j, h) in hosts.iter().enumerate() {
+        let at = format!("upstream[{i}].hosts[{j}]");
+        if !valid_host(h) {
+            errs.push(&at, format!("{h:?} is not a lower-case host[:port]"));
+        }
+        keys.push((h.clone(), at, true));
+    }
+    for (key, at, is_host) in keys {
+        if key.is_empty() {
+            continue;
+        }
+        match seen.get(&key) {
+            Some(prev) if prev != name => errs.push(
+                at,
+                format!("{key:?} already routes to upstream {prev:?} (duplicate host)"),
+            ),
+            Some(_) if is_host => errs.push(at, format!("{key:?} is listed twice")),
+            Some(_) => {}
+            None => {
+                seen.insert(key, name.to_string());
+            }
+        }
+    }
+}
+
+fn password(
+    errs: &mut Errors,
+    base: Option<&Path>,
+    k: &impl Fn(&str) -> String,
+    u: &RawUpstream,
+) -> Option<String> {
+    match (&u.username, &u.password_file) {
+        (Some(_), Some(f)) => values::read_secret(errs, base, &k("password_file"), f),
+        (Some(_), None) => {
+            errs.push(
+                k("password_file"),
+                "username is set but password_file is not",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errs.push(k("username"), "password_file is set but username is not");
+            None
+        }
+        (None, None) => None,
+    }
+}
+
+fn ca_file(errs: &mut Errors, base: Option<&Path>, key: &str, f: &str) -> Option<Vec<u8>> {
+    let pem = values::read_file(errs, base, key, f)?;
+    match rustls_pemfile::certs(&mut &pem[..]).collect::<Result<Vec<_>, _>>() {
+        Ok(c) if !c.is_empty() => Some(pem),
+        Ok(_) => {
+            errs.push(key, format!("{f}: no PEM certificate found"));
+            None
+        }
+        Err(e) => {
+            errs.push(key, format!("{f}: bad PEM: {e}"));
+            None
+        }
+    }
+}
+
+fn valid_host(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (h, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok())
+}

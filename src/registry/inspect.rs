@@ -1,0 +1,66 @@
+//! How a tag resolves, platform by platform, for `archway inspect` and the admin listener's
+//! `/inspect`: the synthesis report, with the upstream's own entries checked too.
+
+use super::synthesis::Resolution;
+use super::Registry;
+use crate::error::{Error, Result};
+use crate::oci::reference::split_reference;
+use crate::oci::{Digest, Platform, Reference, RepoName, Tag};
+
+impl Registry {
+    /// How `REGISTRY/REPOSITORY:TAG` resolves. The registry part must name a configured
+    /// upstream (a host or its name).
+    pub async fn inspect(&self, reference: &str) -> Result<Resolution> {
+        let (host, path, tag) = split_reference(reference).ok_or_else(|| {
+            Error::ReferenceInvalid(format!(
+                "{reference:?} is not of the form registry/repository:tag"
+            ))
+        })?;
+        let tag: Tag = tag.parse().map_err(Error::TagInvalid)?;
+        let name: RepoName = format!("{host}/{path}")
+            .parse()
+            .map_err(Error::NameInvalid)?;
+        let path_name: RepoName = path.parse().map_err(Error::NameInvalid)?;
+        let route = match self.route(&path_name, Some(host)) {
+            Ok(r) => r,
+            Err(_) => {
+                let r = self.route(&name, None)?;
+                if r.repo.as_str().starts_with(&format!("{host}/")) {
+                    return Err(Error::NameUnknown(format!(
+                        "{host:?} names no configured upstream"
+                    )));
+                }
+                r
+            }
+        };
+        let mut report = self
+            .synthesis
+            .resolve(&route, &tag)
+            .await?
+            .value
+            .report
+            .clone();
+        // Serving passes the upstream's own entries through untouched; the report still
+        // checks their configs, so an admin sees a mislabelled upstream image too.
+        for row in report
+            .platforms
+            .iter_mut()
+            .filter(|r| r.source == "upstream index")
+        {
+            let Some(d) = row.digest.as_deref().and_then(|d| d.parse::<Digest>().ok()) else {
+                continue;
+            };
+            let want: Platform = row.platform.parse().unwrap_or_default();
+            let checked = match self.manifests.get(&route, &Reference::Digest(d)).await {
+                Ok(m) => self.synthesis.image_platform(&route, &m.value).await,
+                Err(e) => Err(e),
+            };
+            row.check = match checked {
+                Ok(p) if want.matches(&p) => format!("ok (config {})", p.normalized()),
+                Ok(p) => format!("MISMATCH: its image config says {}", p.normalized()),
+                Err(e) => format!("unchecked: {}", crate::causes::Chain(&e)),
+            };
+        }
+        Ok(report)
+    }
+}
