@@ -96,9 +96,182 @@ enum Candidate<'a> {
 /// after `keep_after` (epoch millis). When what remains is all that recent, the plan stops
 /// short and `size_after` stays above `max_size`.
 pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) -> Plan {
-    let size_before: u64 = inv.content.values().map(|o| o.size).sum();
-    // How many live referrers each piece of content has: roots plus referencing manifests
-    // that are themselves reached. Content hashes rule out cycles.
+    let mut p = Planner::new(inv, atimes, keep_after);
+    while let Some(Reverse((used, c))) = p.queue.pop() {
+        if p.plan.size_after <= max_size || used >= keep_after {
+            break;
+        }
+        match c {
+            Candidate::Unreachable(d) => p.delete(d),
+            Candidate::Root(root) => p.evict(root, used),
+        }
+    }
+    p.finish()
+}
+
+/// The state of one planning run, over borrowed inventory.
+struct Planner<'a> {
+    inv: &'a Inventory,
+    atimes: &'a Atimes,
+    keep_after: u64,
+    /// How many live referrers each piece of content has: roots plus referencing manifests
+    /// that are themselves reached.
+    rc: HashMap<&'a Digest, u32>,
+    /// Content no root reaches, directly or through an index.
+    unreachable: Vec<&'a Digest>,
+    /// For each link another root of its repository reaches: how many such roots remain.
+    held_by: HashMap<&'a RootKey, u32>,
+    /// For each root: the links it holds.
+    holds: HashMap<&'a RootKey, Vec<&'a RootKey>>,
+    /// Candidates, least recently used first.
+    queue: BinaryHeap<Reverse<(u64, Candidate<'a>)>>,
+    /// Content left without referrers but used too recently to go.
+    recent_orphans: Vec<&'a Digest>,
+    deleted: HashSet<&'a Digest>,
+    plan: Plan,
+}
+
+impl<'a> Planner<'a> {
+    fn new(inv: &'a Inventory, atimes: &'a Atimes, keep_after: u64) -> Planner<'a> {
+        let size_before: u64 = inv.content.values().map(|o| o.size).sum();
+        let (rc, reached) = reference_counts(inv);
+        let (held_by, holds) = held_links(inv);
+        let unreachable = inv
+            .content
+            .keys()
+            .filter(|d| !reached.contains(d))
+            .collect();
+        let mut p = Planner {
+            inv,
+            atimes,
+            keep_after,
+            rc,
+            unreachable,
+            held_by,
+            holds,
+            queue: BinaryHeap::new(),
+            recent_orphans: Vec::new(),
+            deleted: HashSet::new(),
+            plan: Plan {
+                size_before,
+                size_after: size_before,
+                ..Default::default()
+            },
+        };
+        for (root, modified) in &inv.roots {
+            if inv.content.contains_key(&root.digest) && !p.held_by.contains_key(root) {
+                let used = p.last_use(root, *modified);
+                p.queue.push(Reverse((used, Candidate::Root(root))));
+            }
+        }
+        if !inv.opaque {
+            for d in p.unreachable.clone() {
+                let used = p.content_used(d);
+                p.queue.push(Reverse((used, Candidate::Unreachable(d))));
+            }
+        }
+        p
+    }
+
+    fn last_use(&self, root: &RootKey, modified: u64) -> u64 {
+        self.atimes
+            .roots
+            .get(root)
+            .copied()
+            .unwrap_or(0)
+            .max(modified)
+    }
+
+    fn content_used(&self, d: &Digest) -> u64 {
+        self.atimes
+            .blobs
+            .get(d)
+            .copied()
+            .unwrap_or(0)
+            .max(self.inv.content.get(d).map_or(0, |o| o.modified))
+    }
+
+    fn delete(&mut self, d: &'a Digest) {
+        let size = self.inv.content[d].size;
+        self.plan.size_after -= size;
+        self.plan.content.push((d.clone(), size));
+        self.deleted.insert(d);
+    }
+
+    /// Unlinks a root: the links it held may become candidates, and content it alone kept
+    /// alive goes with it.
+    fn evict(&mut self, root: &'a RootKey, used: u64) {
+        self.plan.roots.push((root.clone(), used));
+        for child in self.holds.get(root).cloned().into_iter().flatten() {
+            if let Some(n) = self.held_by.get_mut(child) {
+                *n -= 1;
+                if *n == 0 {
+                    let used = self.last_use(child, self.inv.roots[child]);
+                    self.queue.push(Reverse((used, Candidate::Root(child))));
+                }
+            }
+        }
+        self.release(&root.digest);
+    }
+
+    /// Drops one reference to `d`; whatever drops to no referrers goes, and releases what it
+    /// references in turn.
+    fn release(&mut self, d: &'a Digest) {
+        let mut release = vec![d];
+        while let Some(d) = release.pop() {
+            let Some(n) = self.rc.get_mut(d) else {
+                continue;
+            };
+            *n -= 1;
+            if *n > 0 {
+                continue;
+            }
+            // A layer fetched moments ago belongs to a pull in progress, whatever the
+            // manifest's own last use: it stays, and competes later on its own.
+            if self.content_used(d) >= self.keep_after {
+                self.recent_orphans.push(d);
+                continue;
+            }
+            self.delete(d);
+            release.extend(
+                refs_of(self.inv, d)
+                    .iter()
+                    .filter(|r| self.inv.content.contains_key(*r)),
+            );
+        }
+    }
+
+    fn finish(mut self) -> Plan {
+        let mut dangling: Vec<RootKey> = self
+            .inv
+            .roots
+            .iter()
+            .filter(|(r, modified)| {
+                !self.inv.content.contains_key(&r.digest)
+                    && self.last_use(r, **modified) < self.keep_after
+            })
+            .map(|(r, _)| r.clone())
+            .collect();
+        dangling.sort();
+        self.plan.dangling = dangling;
+        self.plan.unreachable_kept = self
+            .unreachable
+            .iter()
+            .chain(&self.recent_orphans)
+            .filter(|d| !self.deleted.contains(*d))
+            .map(|d| (*d).clone())
+            .collect();
+        self.plan
+    }
+}
+
+fn refs_of<'a>(inv: &'a Inventory, d: &Digest) -> &'a [Digest] {
+    inv.refs.get(d).map(|r| &r[..]).unwrap_or_default()
+}
+
+/// How many live referrers each piece of content has (roots, and the manifests that are
+/// themselves reached), and what is reached at all. Content hashes rule out cycles.
+fn reference_counts(inv: &Inventory) -> (HashMap<&Digest, u32>, HashSet<&Digest>) {
     let mut rc: HashMap<&Digest, u32> = HashMap::new();
     let mut stack: Vec<&Digest> = Vec::new();
     let mut reached: HashSet<&Digest> = HashSet::new();
@@ -111,7 +284,7 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
         }
     }
     while let Some(d) = stack.pop() {
-        for r in inv.refs.get(d).map(|r| &r[..]).unwrap_or_default() {
+        for r in refs_of(inv, d) {
             if !inv.content.contains_key(r) {
                 continue;
             }
@@ -121,11 +294,19 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
             }
         }
     }
+    (rc, reached)
+}
 
-    // A link that another surviving root of the same repository reaches (an index's
-    // platform manifest) is what serving that index from the cache needs: a client asks the
-    // repository for the child by digest. It becomes a candidate only once every root that
-    // reaches it is gone.
+type Holds<'a> = (
+    HashMap<&'a RootKey, u32>,
+    HashMap<&'a RootKey, Vec<&'a RootKey>>,
+);
+
+/// A link that another surviving root of the same repository reaches (an index's platform
+/// manifest) is what serving that index from the cache needs: a client asks the repository
+/// for the child by digest. It becomes a candidate only once every root that reaches it is
+/// gone. Returns how many roots hold each such link, and which links each root holds.
+fn held_links(inv: &Inventory) -> Holds<'_> {
     let mut held_by: HashMap<&RootKey, u32> = HashMap::new();
     let mut holds: HashMap<&RootKey, Vec<&RootKey>> = HashMap::new();
     for root in inv.roots.keys() {
@@ -135,7 +316,7 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
         let mut seen: HashSet<&Digest> = HashSet::new();
         let mut stack: Vec<&Digest> = vec![&root.digest];
         while let Some(d) = stack.pop() {
-            for r in inv.refs.get(d).map(|r| &r[..]).unwrap_or_default() {
+            for r in refs_of(inv, d) {
                 if !seen.insert(r) || *r == root.digest {
                     continue;
                 }
@@ -152,115 +333,7 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
             }
         }
     }
-
-    let last_use = |root: &RootKey, modified: u64| -> u64 {
-        atimes.roots.get(root).copied().unwrap_or(0).max(modified)
-    };
-    let mut queue: BinaryHeap<Reverse<(u64, Candidate)>> = BinaryHeap::new();
-    for (root, modified) in &inv.roots {
-        if inv.content.contains_key(&root.digest) && !held_by.contains_key(root) {
-            queue.push(Reverse((last_use(root, *modified), Candidate::Root(root))));
-        }
-    }
-    let unreachable: Vec<&Digest> = inv
-        .content
-        .keys()
-        .filter(|d| !reached.contains(d))
-        .collect();
-    for d in unreachable.iter().filter(|_| !inv.opaque) {
-        let used = atimes
-            .blobs
-            .get(*d)
-            .copied()
-            .unwrap_or(0)
-            .max(inv.content[*d].modified);
-        queue.push(Reverse((used, Candidate::Unreachable(d))));
-    }
-
-    let mut plan = Plan {
-        size_before,
-        size_after: size_before,
-        ..Default::default()
-    };
-    let content_used = |d: &Digest| -> u64 {
-        atimes
-            .blobs
-            .get(d)
-            .copied()
-            .unwrap_or(0)
-            .max(inv.content.get(d).map_or(0, |o| o.modified))
-    };
-    let mut recent_orphans: Vec<&Digest> = Vec::new();
-    let mut deleted: HashSet<&Digest> = HashSet::new();
-    while let Some(Reverse((used, c))) = queue.pop() {
-        if plan.size_after <= max_size || used >= keep_after {
-            break;
-        }
-        match c {
-            Candidate::Unreachable(d) => {
-                let size = inv.content[d].size;
-                plan.size_after -= size;
-                plan.content.push((d.clone(), size));
-                deleted.insert(d);
-            }
-            Candidate::Root(root) => {
-                plan.roots.push((root.clone(), used));
-                for child in holds.get(root).into_iter().flatten() {
-                    if let Some(n) = held_by.get_mut(child) {
-                        *n -= 1;
-                        if *n == 0 {
-                            let used = last_use(child, inv.roots[*child]);
-                            queue.push(Reverse((used, Candidate::Root(child))));
-                        }
-                    }
-                }
-                // Release the root's reference; whatever drops to no referrers goes, and
-                // releases what it references in turn.
-                let mut release = vec![&root.digest];
-                while let Some(d) = release.pop() {
-                    let Some(n) = rc.get_mut(d) else { continue };
-                    *n -= 1;
-                    if *n > 0 {
-                        continue;
-                    }
-                    // A layer fetched moments ago belongs to a pull in progress, whatever
-                    // the manifest's own last use: it stays, and competes later on its own.
-                    if content_used(d) >= keep_after {
-                        recent_orphans.push(d);
-                        continue;
-                    }
-                    let size = inv.content[d].size;
-                    plan.size_after -= size;
-                    plan.content.push((d.clone(), size));
-                    deleted.insert(d);
-                    release.extend(
-                        inv.refs
-                            .get(d)
-                            .map(|r| &r[..])
-                            .unwrap_or_default()
-                            .iter()
-                            .filter(|r| inv.content.contains_key(*r)),
-                    );
-                }
-            }
-        }
-    }
-    plan.unreachable_kept = unreachable
-        .into_iter()
-        .chain(recent_orphans)
-        .filter(|d| !deleted.contains(d))
-        .cloned()
-        .collect();
-    plan.dangling = inv
-        .roots
-        .iter()
-        .filter(|(r, modified)| {
-            !inv.content.contains_key(&r.digest) && last_use(r, **modified) < keep_after
-        })
-        .map(|(r, _)| r.clone())
-        .collect();
-    plan.dangling.sort();
-    plan
+    (held_by, holds)
 }
 
 #[cfg(test)]

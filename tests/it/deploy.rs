@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support::archway::{Archway, Settings};
+use crate::support::http;
 use crate::support::registry::Upstream;
-use crate::support::{free_port, http};
 
 fn k8s() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
@@ -103,12 +103,12 @@ async fn kubernetes_manifests_are_valid_and_their_probes_exist() {
 
     // The probe paths answer 200 on a running archway's admin listener.
     let up = Upstream::start().await;
-    let admin = free_port();
     let aw = Archway::start(&Settings {
-        extra: format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+        admin: true,
         ..Settings::single(&up.url())
     })
     .await;
+    let admin = aw.admin();
     for p in probes {
         let r = http()
             .get(format!("http://127.0.0.1:{admin}{p}"))

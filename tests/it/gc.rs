@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::support::archway::{Archway, Settings};
 use crate::support::images::{Image, Pusher};
 use crate::support::registry::Upstream;
-use crate::support::{free_port, metric, random_bytes, skopeo, unique_seed, wait_metric};
+use crate::support::{metric, random_bytes, skopeo, unique_seed, wait_metric};
 
 /// Digest → size of every content object in a local cache.
 fn cached(cache: &Path) -> HashMap<String, u64> {
@@ -180,14 +180,14 @@ async fn a_serving_replica_keeps_the_cache_under_max_size() {
     for (i, img) in images.iter().enumerate() {
         push.image(&format!("app/img{i}"), "v1", img).await;
     }
-    let admin = free_port();
     let aw = Archway::start(&Settings {
         // Two images fit, three do not. No periodic run: the third pull's writes start one.
         storage_extra: "max_size = \"2600KiB\"\ngc_min_age = \"0s\"\ngc_interval = \"1h\"\n".into(),
-        extra: format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+        admin: true,
         ..Settings::single(&up.url())
     })
     .await;
+    let admin = aw.admin();
     for i in 0..3 {
         let out = pull(&aw.host(), &format!("app/img{i}:v1"));
         assert!(out.ok, "img{i}: {}", out.stderr);

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::support::archway::{Archway, Settings, UpstreamSpec};
 use crate::support::images::{sha256, Image, Pusher, OCI_INDEX, OCI_MANIFEST};
 use crate::support::registry::Upstream;
-use crate::support::{free_port, http, random_bytes, skopeo, unique_seed};
+use crate::support::{http, random_bytes, skopeo, unique_seed};
 
 const REPO: &str = "thinklab/go-hello-world";
 
@@ -314,13 +314,12 @@ async fn clients_without_index_support_get_their_platform() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moved_fallback_changes_the_index_and_unconfigured_repos_are_untouched() {
     let t = tutorial().await;
-    let admin = free_port();
-    let aw = Archway::start(&settings(
-        &t.up,
-        "0s",
-        &format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
-    ))
+    let aw = Archway::start(&Settings {
+        admin: true,
+        ..settings(&t.up, "0s", "")
+    })
     .await;
+    let admin = aw.admin();
     let path = format!("/v2/{REPO}/manifests/latest");
     let (_, _, before, _) = get(&aw, &path, Some(OCI_INDEX), None).await;
     let (_, _, again, _) = get(&aw, &path, Some(OCI_INDEX), None).await;

@@ -8,7 +8,7 @@ use crate::support::azure::Azurite;
 use crate::support::images::{Image, Pusher, OCI_INDEX, OCI_MANIFEST};
 use crate::support::registry::Upstream;
 use crate::support::s3::S3;
-use crate::support::{free_port, http, random_bytes, skopeo, unique_seed};
+use crate::support::{http, random_bytes, skopeo, unique_seed};
 
 /// A real object store server holding one bucket (or container) named `mirror`.
 enum Backend {
@@ -184,12 +184,10 @@ async fn an_upload_cut_midway_leaves_nothing(store: Backend) {
 
 async fn readyz_follows_the_store(store: Backend) {
     let up = Upstream::start().await;
-    let admin = free_port();
     let mut settings = store.settings(&up.url());
-    settings
-        .extra
-        .push_str(&format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"));
+    settings.admin = true;
     let aw = Archway::start(&settings).await;
+    let admin = aw.admin();
     let readyz = format!("http://127.0.0.1:{admin}/readyz");
     assert_eq!(http().get(&readyz).send().await.unwrap().status(), 200);
     store.stop();

@@ -256,6 +256,7 @@ async fn basic_auth_upstream_with_and_without_credentials() {
     let creds = ("mirror".to_string(), "s3cret-pw".to_string());
     let up = Upstream::start_with(Options {
         htpasswd: Some(creds.clone()),
+        ..Options::default()
     })
     .await;
     seeded_image(&up, "locked/app", "v1").await;

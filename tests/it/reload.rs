@@ -10,7 +10,7 @@ use base64::Engine as _;
 use crate::support::archway::{render, Archway, Settings, UpstreamSpec};
 use crate::support::images::{Image, Pusher, OCI_INDEX, OCI_MANIFEST};
 use crate::support::registry::Upstream;
-use crate::support::{free_port, random_bytes, unique_seed, wait_metric};
+use crate::support::{random_bytes, unique_seed, wait_metric};
 
 /// One HTTP/1.1 connection, kept open across requests.
 struct Conn {
@@ -80,12 +80,12 @@ async fn setup() -> (Upstream, Upstream, Settings, Archway, u16) {
             &Image::new("linux/amd64", vec![random_bytes(seed + 1, 1000)]),
         )
         .await;
-    let admin = free_port();
     let settings = Settings {
-        extra: format!("\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+        admin: true,
         ..Settings::single(&one.url())
     };
     let aw = Archway::start(&settings).await;
+    let admin = aw.admin();
     (one, two, settings, aw, admin)
 }
 
@@ -113,7 +113,7 @@ async fn sighup_applies_a_new_config_to_open_connections() {
         "\n[auth]\nhtpasswd = \"{}\"\n",
         htpasswd.display()
     ));
-    aw.write_config(&render(&settings, aw.dir.path(), aw.port));
+    aw.write_config(&render(&settings, aw.dir.path()));
     aw.sighup();
     assert!(
         wait_metric(admin, RELOADED, 1.0, Duration::from_secs(20)).await,
@@ -140,7 +140,7 @@ async fn sighup_with_a_bad_config_keeps_the_running_one() {
     let (_one, _two, settings, aw, admin) = setup().await;
     let mut conn = Conn::open(aw.port);
     assert_eq!(conn.get("/v2/team/app/manifests/v1", None), 200);
-    let good = render(&settings, aw.dir.path(), aw.port);
+    let good = render(&settings, aw.dir.path());
 
     // Invalid: refused, with the key and the reason in the log.
     aw.write_config(&good.replace("tag_ttl = \"1h\"", "tag_ttl = \"5 parsecs\""));
@@ -153,20 +153,56 @@ async fn sighup_with_a_bad_config_keeps_the_running_one() {
     );
     assert_eq!(conn.get("/v2/team/app/manifests/v1", None), 200);
 
-    // Valid, but only a restart can move the listener: refused as a whole.
-    let moved = free_port();
-    aw.write_config(&good.replace(
-        &format!("127.0.0.1:{}", aw.port),
-        &format!("127.0.0.1:{moved}"),
-    ));
-    aw.sighup();
-    assert!(wait_metric(admin, REFUSED, 2.0, Duration::from_secs(20)).await);
-    assert!(
-        aw.log_text().contains("server.listen changed"),
-        "{}",
-        aw.log_text()
+    // Valid, but only a restart can follow: refused as a whole, each naming what changed.
+    let certs = tempfile::tempdir().unwrap();
+    crate::tls::issue(certs.path(), "reload");
+    let server_listen = "[server]\nlisten = \"127.0.0.1:0\"\n";
+    let with_tls = format!(
+        "{server_listen}[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        certs.path().join("server.crt").display(),
+        certs.path().join("server.key").display()
     );
-    assert_eq!(conn.get("/v2/team/app/manifests/v1", None), 200);
+    let other_cache = aw.dir.path().join("elsewhere");
+    let refusals = [
+        (
+            good.replace(server_listen, "[server]\nlisten = \"127.0.0.1:1\"\n"),
+            "server.listen changed",
+        ),
+        (
+            good.replace(server_listen, &with_tls),
+            "server.tls (turning TLS on or off) changed",
+        ),
+        (
+            good.replace(
+                "[admin]\nlisten = \"127.0.0.1:0\"",
+                "[admin]\nlisten = \"127.0.0.1:1\"",
+            ),
+            "admin.listen changed",
+        ),
+        (
+            good.replace(
+                &format!("file://{}", aw.cache_dir().display()),
+                &format!("file://{}", other_cache.display()),
+            ),
+            "storage changed",
+        ),
+    ];
+    for (i, (config, says)) in refusals.iter().enumerate() {
+        assert_ne!(config, &good, "{says}: the test changed nothing");
+        aw.write_config(config);
+        aw.sighup();
+        let refused = 2.0 + i as f64;
+        assert!(
+            wait_metric(admin, REFUSED, refused, Duration::from_secs(20)).await,
+            "{says}"
+        );
+        assert!(aw.log_text().contains(says), "{says}: {}", aw.log_text());
+        assert_eq!(conn.get("/v2/team/app/manifests/v1", None), 200, "{says}");
+    }
+    assert!(
+        !other_cache.exists(),
+        "a refused storage change touched nothing"
+    );
     assert_eq!(
         crate::support::metric(admin, RELOADED).await.unwrap_or(0.0),
         0.0

@@ -13,7 +13,7 @@ use crate::support::{random_bytes, skopeo, unique_seed};
 
 /// A CA and a server certificate for 127.0.0.1/localhost signed by it, written into `dir` as
 /// ca.crt, server.crt and server.key. Returns the CA certificate PEM.
-fn issue(dir: &Path, name: &str) -> String {
+pub fn issue(dir: &Path, name: &str) -> String {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();

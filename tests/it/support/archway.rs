@@ -1,4 +1,5 @@
-//! The real `archway` binary, started with a generated config on a free port.
+//! The real `archway` binary, started with a generated config. It binds port 0 and the test
+//! reads the port it bound from its start-up log line.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -6,13 +7,16 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_port, wait_ready};
+use super::{port_after, wait_for_log};
 
 pub struct Archway {
     pub port: u16,
+    /// The admin listener's port, when `Settings::admin` asked for one.
+    pub admin_port: Option<u16>,
     pub tls: bool,
     pub dir: TempDir,
     pub config: PathBuf,
+    /// This process's log (a directory reused for a restart gets a new one).
     pub log: PathBuf,
     child: Option<Child>,
 }
@@ -55,6 +59,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// More keys for the `[storage]` table.
     pub storage_extra: String,
+    /// An admin listener, on a port archway picks.
+    pub admin: bool,
     pub extra: String,
 }
 
@@ -69,12 +75,14 @@ impl Settings {
             read_timeout: "5s".into(),
             tls: None,
             storage_extra: String::new(),
+            admin: false,
             extra: String::new(),
         }
     }
 }
 
-pub fn render(settings: &Settings, dir: &Path, port: u16) -> String {
+/// The config file for `settings`, with both listeners on port 0.
+pub fn render(settings: &Settings, dir: &Path) -> String {
     let storage = settings
         .storage_url
         .clone()
@@ -88,7 +96,7 @@ pub fn render(settings: &Settings, dir: &Path, port: u16) -> String {
         None => String::new(),
     };
     let mut s = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n{tls}\n[storage]\nurl = \"{storage}\"\nspool_dir = \"{}\"\n{}\n[cache]\ntag_ttl = \"{}\"\nserve_stale = {}\n\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n{tls}\n[storage]\nurl = \"{storage}\"\nspool_dir = \"{}\"\n{}\n[cache]\ntag_ttl = \"{}\"\nserve_stale = {}\n\n",
         dir.join("spool").display(),
         settings.storage_extra,
         settings.tag_ttl,
@@ -117,6 +125,9 @@ pub fn render(settings: &Settings, dir: &Path, port: u16) -> String {
         }
         s.push('\n');
     }
+    if settings.admin {
+        s.push_str("[admin]\nlisten = \"127.0.0.1:0\"\n\n");
+    }
     s.push_str(&settings.extra);
     s
 }
@@ -133,13 +144,16 @@ impl Archway {
 
     /// Starts on an existing directory (to restart with the same cache).
     pub async fn start_in(dir: TempDir, settings: &Settings) -> Archway {
-        let port = free_port();
         let config = dir.path().join("archway.toml");
-        std::fs::write(&config, render(settings, dir.path(), port)).expect("write config");
+        std::fs::write(&config, render(settings, dir.path())).expect("write config");
         let mut a = Archway {
-            port,
+            port: 0,
+            admin_port: None,
             tls: settings.tls.is_some(),
-            log: dir.path().join("archway.log"),
+            log: (0..)
+                .map(|n| dir.path().join(format!("archway-{n}.log")))
+                .find(|p| !p.exists())
+                .expect("a free log name"),
             config,
             dir,
             child: None,
@@ -163,12 +177,27 @@ impl Archway {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn archway");
+        let mut child = child;
+        // Printed once both listeners are bound: from then on connections queue.
+        let (port, admin) = wait_for_log(&self.log, &mut child, Duration::from_secs(20), |l| {
+            if !l.contains("archway is serving") {
+                return None;
+            }
+            let clean = strip_colours(l);
+            Some((
+                port_after(&clean, "listen=127.0.0.1:")?,
+                port_after(&clean, "admin=127.0.0.1:"),
+            ))
+        })
+        .await;
+        self.port = port;
+        self.admin_port = admin;
         self.child = Some(child);
-        assert!(
-            wait_ready(&format!("{}/v2/", self.url()), Duration::from_secs(20)).await,
-            "archway did not start; log:\n{}",
-            self.log_text()
-        );
+    }
+
+    /// The admin listener's port; the settings must have asked for one.
+    pub fn admin(&self) -> u16 {
+        self.admin_port.expect("started with Settings::admin")
     }
 
     pub fn url(&self) -> String {
@@ -186,22 +215,7 @@ impl Archway {
 
     /// The log, without terminal colour codes.
     pub fn log_text(&self) -> String {
-        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                // CSI: ESC [ params final-byte
-                for n in chars.by_ref() {
-                    if n.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        strip_colours(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
     /// The `cache=` outcome of each access-log line for `path`, in order.
@@ -218,7 +232,7 @@ impl Archway {
             .collect()
     }
 
-    /// Replaces the config file (for a reload); `{port}` is the registry port.
+    /// Replaces the config file (for a reload).
     pub fn write_config(&self, text: &str) {
         std::fs::write(&self.config, text).expect("write config");
     }
@@ -267,4 +281,22 @@ impl Drop for Archway {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `text` without terminal colour codes (CSI sequences: ESC [ params final-byte).
+fn strip_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for n in chars.by_ref() {
+                if n.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

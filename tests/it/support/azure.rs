@@ -1,5 +1,6 @@
 //! A real Azure Blob Storage server for tests: Azurite (npm `azurite`), which
-//! `scripts/install-test-deps.sh` installs. It keeps its data in a temp dir of its own.
+//! `scripts/install-test-deps.sh` installs. It keeps its data in a temp dir of its own, binds
+//! port 0 and prints the port it bound.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
-use super::{free_port, http, wait_ready};
+use super::{http, port_after, wait_for_log};
 
 /// Azurite's well-known development account.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -28,24 +29,26 @@ fn binary() -> String {
 impl Azurite {
     /// Starts Azurite's blob service and creates `container`.
     pub async fn start(container: &str) -> Azurite {
-        let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(binary())
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+        let out = dir.path().join("azurite.log");
+        let log = std::fs::File::create(&out).expect("azurite log");
+        // --disableTelemetry: Azurite otherwise tries to reach Microsoft's telemetry hosts.
+        let mut child = Command::new(binary())
+            .args(["--blobHost", "127.0.0.1", "--blobPort", "0"])
             .arg("--location")
             .arg(dir.path().join("data"))
-            .args(["--silent", "--skipApiVersionCheck"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .args(["--silent", "--skipApiVersionCheck", "--disableTelemetry"])
+            .stdout(log.try_clone().expect("fd"))
+            .stderr(log)
             .stdin(Stdio::null())
             .spawn()
             .expect("azurite-blob must be installed (make test installs it)");
+        let port = wait_for_log(&out, &mut child, Duration::from_secs(30), |l| {
+            port_after(l, "successfully listens on http://127.0.0.1:")
+        })
+        .await;
         std::fs::write(dir.path().join("key"), format!("{KEY}\n")).expect("key");
         let az = Azurite { port, child, dir };
-        assert!(
-            wait_ready(&az.url(), Duration::from_secs(30)).await,
-            "azurite did not start"
-        );
         let status = az
             .signed("PUT", &format!("/{container}"), "restype=container")
             .await;
@@ -66,6 +69,22 @@ impl Azurite {
         )
     }
 
+    /// Blobs in `container` that have staged blocks no commit made visible.
+    pub async fn uncommitted(&self, container: &str) -> Vec<String> {
+        let all = self
+            .signed_text(
+                "GET",
+                &format!("/{container}"),
+                "comp=list&include=uncommittedblobs&restype=container",
+            )
+            .await;
+        let committed = self.keys(container, "").await;
+        names(&all)
+            .into_iter()
+            .filter(|n| !committed.contains(n))
+            .collect()
+    }
+
     /// Blob names in `container` under `prefix`.
     pub async fn keys(&self, container: &str, prefix: &str) -> Vec<String> {
         let body = self
@@ -75,11 +94,7 @@ impl Azurite {
                 &format!("comp=list&prefix={prefix}&restype=container"),
             )
             .await;
-        body.split("<Name>")
-            .skip(1)
-            .filter_map(|s| s.split("</Name>").next())
-            .map(str::to_string)
-            .collect()
+        names(&body)
     }
 
     /// Stops the server (its data stays on disk for the test's lifetime).
@@ -136,6 +151,15 @@ impl Drop for Azurite {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The `<Name>`s of a List Blobs answer.
+fn names(body: &str) -> Vec<String> {
+    body.split("<Name>")
+        .skip(1)
+        .filter_map(|s| s.split("</Name>").next())
+        .map(str::to_string)
+        .collect()
 }
 
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {

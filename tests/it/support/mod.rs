@@ -11,17 +11,7 @@ pub mod registry;
 pub mod s3;
 pub mod skopeo;
 
-use std::net::TcpListener;
 use std::time::Duration;
-
-/// A free loopback port. The listener is dropped before the port is used; the processes that
-/// take it retry their start-up once if another process took it in between.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a loopback port")
-}
 
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -31,22 +21,41 @@ pub fn http() -> reqwest::Client {
         .expect("http client")
 }
 
-/// Polls `url` until it answers (any status) or `deadline` passes. Start-up readiness, not
-/// synchronisation between test steps.
-pub async fn wait_ready(url: &str, deadline: Duration) -> bool {
-    // Readiness only: a TLS listener's certificate is checked by the tests themselves.
-    let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .expect("client");
+/// Waits until a line of the log at `log` satisfies `find`, and returns what it found: how a
+/// server started with port 0 tells which port it bound. Fails if `child` exits first (it
+/// could not bind, or crashed) or `deadline` passes. Start-up readiness, not synchronisation
+/// between test steps.
+pub async fn wait_for_log<T>(
+    log: &std::path::Path,
+    child: &mut std::process::Child,
+    deadline: Duration,
+    find: impl Fn(&str) -> Option<T>,
+) -> T {
     let start = std::time::Instant::now();
-    while start.elapsed() < deadline {
-        if client.get(url).send().await.is_ok() {
-            return true;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(found) = text.lines().find_map(&find) {
+            return found;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{} exited ({status}) before it was ready:\n{text}",
+                log.display()
+            );
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "not ready after {deadline:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    false
+}
+
+/// The port in `line` right after `prefix` (`listening on 127.0.0.1:` → 43121).
+pub fn port_after(line: &str, prefix: &str) -> Option<u16> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 /// Pseudo-random bytes that differ per seed, so every test image has unique blobs.

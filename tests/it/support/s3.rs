@@ -1,14 +1,16 @@
 //! A real S3-speaking server for tests: moto_server (PyPI `moto[server]`), which
-//! `scripts/install-test-deps.sh` installs. State is in memory and dies with the process.
+//! `scripts/install-test-deps.sh` installs. State is in memory and dies with the process. It
+//! binds port 0 and prints the port it bound.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, http, wait_ready};
+use super::{http, port_after, wait_for_log};
 
 pub struct S3 {
     pub port: u16,
     child: Child,
+    /// The secret key file archway reads, and moto's output.
     secrets: tempfile::TempDir,
 }
 
@@ -19,25 +21,27 @@ fn moto_binary() -> String {
 impl S3 {
     /// Starts moto and creates `bucket`.
     pub async fn start(bucket: &str) -> S3 {
-        let port = free_port();
-        let child = Command::new(moto_binary())
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let secrets = tempfile::tempdir().expect("tempdir");
+        std::fs::write(secrets.path().join("secret"), "test-secret\n").expect("secret");
+        let out = secrets.path().join("moto.log");
+        let log = std::fs::File::create(&out).expect("moto log");
+        let mut child = Command::new(moto_binary())
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(log.try_clone().expect("fd"))
+            .stderr(log)
             .stdin(Stdio::null())
             .spawn()
             .expect("moto_server must be installed (make test installs it)");
-        let secrets = tempfile::tempdir().expect("tempdir");
-        std::fs::write(secrets.path().join("secret"), "test-secret\n").expect("secret");
+        // Werkzeug: " * Running on http://127.0.0.1:35089"
+        let port = wait_for_log(&out, &mut child, Duration::from_secs(30), |l| {
+            port_after(l, "Running on http://127.0.0.1:")
+        })
+        .await;
         let s3 = S3 {
             port,
             child,
             secrets,
         };
-        assert!(
-            wait_ready(&s3.url(), Duration::from_secs(30)).await,
-            "moto_server did not start"
-        );
         let r = http()
             .put(format!("{}/{bucket}", s3.url()))
             .send()
@@ -58,6 +62,23 @@ impl S3 {
             self.url(),
             self.secrets.path().join("secret").display()
         )
+    }
+
+    /// Multipart uploads started in `bucket` and neither completed nor aborted (their keys).
+    pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
+        let body = http()
+            .get(format!("{}/{bucket}?uploads", self.url()))
+            .send()
+            .await
+            .expect("list uploads")
+            .text()
+            .await
+            .expect("list uploads body");
+        body.split("<Upload>")
+            .skip(1)
+            .filter_map(|u| u.split("<Key>").nth(1)?.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
     }
 
     /// Keys in `bucket` under `prefix`, via the S3 list API.
