@@ -283,7 +283,7 @@ async fn shutdown_signal() {
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            tracing::warn!(error = %Chain(&e), "cannot watch SIGTERM");
             let _ = tokio::signal::ctrl_c().await;
             return;
         }

@@ -122,7 +122,9 @@ async fn load_once(store: &Store) -> Result<Option<(Atimes, Vec<Path>)>> {
             Ok(Some(j)) => merge(&mut all, j.into()),
             Ok(None) => return Ok(None),
             // A journal that does not parse is useless: let compaction remove it.
-            Err(e) => tracing::warn!(key = %m.location, error = %e, "skipping access journal"),
+            Err(e) => {
+                tracing::warn!(key = %m.location, error = %crate::causes::Chain(&e), "skipping access journal")
+            }
         }
         keys.push(m.location);
     }

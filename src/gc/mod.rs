@@ -144,7 +144,7 @@ impl Collector {
                 if let Err(e) =
                     access::compact(&self.store, self.access.replica(), &keep, &journals).await
                 {
-                    tracing::warn!(error = %e, "gc: cannot compact the access journals");
+                    tracing::warn!(error = %crate::causes::Chain(&e), "gc: cannot compact the access journals");
                 }
             }
             return Ok(report);
@@ -153,7 +153,7 @@ impl Collector {
         let keep = prune(atimes, &listing, &report.plan, self.keep_after());
         if let Err(e) = access::compact(&self.store, self.access.replica(), &keep, &journals).await
         {
-            tracing::warn!(error = %e, "gc: cannot compact the access journals; the next run will");
+            tracing::warn!(error = %crate::causes::Chain(&e), "gc: cannot compact the access journals; the next run will");
             report.errors += 1;
         }
         if let Ok(mut refs) = self.refs.lock() {
@@ -236,7 +236,7 @@ impl Collector {
                     let r = Arc::new(match manifest::parse(&bytes, None) {
                         Ok(m) => Refs::of(m),
                         Err(e) => {
-                            tracing::warn!(digest = %d, error = %e, "gc: a cached manifest does not parse; no unreferenced content is deleted in this run");
+                            tracing::warn!(digest = %d, error = %crate::causes::Chain(&e), "gc: a cached manifest does not parse; no unreferenced content is deleted in this run");
                             inv.opaque = true;
                             continue;
                         }
@@ -387,7 +387,7 @@ impl Collector {
                 }
                 Err(e) => {
                     metrics.gc_runs.with_label_values(&["error"]).inc();
-                    tracing::warn!(error = %e, "gc: run failed");
+                    tracing::warn!(error = %crate::causes::Chain(&e), "gc: run failed");
                     short = true;
                 }
             }
@@ -405,13 +405,13 @@ impl Collector {
 
     pub async fn flush(&self) {
         if let Err(e) = self.access.flush(&self.store).await {
-            tracing::warn!(error = %e, "cannot write access times; keeping them for the next attempt");
+            tracing::warn!(error = %crate::causes::Chain(&e), "cannot write access times; keeping them for the next attempt");
         }
     }
 }
 
 fn failed(errors: &mut usize, what: &Path, e: crate::error::Error) {
-    tracing::warn!(key = %what, error = %e, "gc: delete failed");
+    tracing::warn!(key = %what, error = %crate::causes::Chain(&e), "gc: delete failed");
     *errors += 1;
 }
 

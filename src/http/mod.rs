@@ -65,7 +65,7 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %crate::causes::Chain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -84,7 +84,7 @@ pub async fn serve(
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
-                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                        tracing::debug!(peer = %peer, error = %crate::causes::Chain(&*e), "connection ended with an error");
                     }
                 });
             }
@@ -96,13 +96,13 @@ pub async fn serve(
                     let stream = match acceptor.accept(stream).await {
                         Ok(s) => s,
                         Err(e) => {
-                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                            tracing::debug!(peer = %peer, error = %crate::causes::Chain(&e), "TLS handshake failed");
                             return;
                         }
                     };
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                        tracing::debug!(peer = %peer, error = %crate::causes::Chain(&*e), "connection ended with an error");
                     }
                 });
             }

@@ -339,7 +339,7 @@ impl Fills {
                 p.phase = match result {
                     Ok(()) => Phase::Done,
                     Err(e) => {
-                        tracing::warn!(digest = %task_fill.digest, error = %e, "blob fill failed; nothing cached");
+                        tracing::warn!(digest = %task_fill.digest, error = %crate::causes::Chain(&e), "blob fill failed; nothing cached");
                         Phase::Failed(Arc::new(e))
                     }
                 }
@@ -376,16 +376,25 @@ where
     });
     let started = tokio::time::Instant::now();
     let mut chunks = 0u64;
-    while let Some(chunk) = stream.next().await {
-        chunks += 1;
-        sink.write(chunk?).await?;
-        if let Some(announced) = size.filter(|s| sink.queued() > *s) {
-            return Err(Error::SizeMismatch {
-                digest: fill.digest.clone(),
-                announced,
-                actual: sink.queued(),
-            });
+    let copied: Result<()> = async {
+        while let Some(chunk) = stream.next().await {
+            chunks += 1;
+            sink.write(chunk?).await?;
+            if let Some(announced) = size.filter(|s| sink.queued() > *s) {
+                return Err(Error::SizeMismatch {
+                    digest: fill.digest.clone(),
+                    announced,
+                    actual: sink.queued(),
+                });
+            }
         }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = copied {
+        // Discarded before the failure is reported: whoever hears of it finds nothing left.
+        sink.abort().await;
+        return Err(e);
     }
     let written = sink.commit(size).await?;
     tx.send_modify(|p| p.written = written);

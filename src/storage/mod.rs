@@ -102,6 +102,9 @@ pub struct Store {
     local_root: Option<PathBuf>,
     /// Where fills of non-local backends spool bytes for concurrent readers.
     spool_dir: PathBuf,
+    /// Azure keeps the blocks of an aborted upload (object_store's abort cannot drop them)
+    /// until a week passes or the blob is committed: an abort there deletes the staged blob.
+    aborts_leave_parts: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -147,7 +150,7 @@ impl Store {
                     b = b.with_secret_access_key(v);
                 }
                 let s3 = b.build().map_err(backend)?;
-                Ok(Store::remote(s3, prefix, cfg))
+                Ok(Store::remote(s3, prefix, cfg, false))
             }
             StorageUrl::Azure { container, prefix } => {
                 let az = &cfg.azure;
@@ -168,13 +171,14 @@ impl Store {
                     b = b.with_use_emulator(v);
                 }
                 let az = b.build().map_err(backend)?;
-                Ok(Store::remote(az, prefix, cfg))
+                Ok(Store::remote(az, prefix, cfg, true))
             }
             StorageUrl::Memory => Ok(Store {
                 os: Arc::new(InMemory::new()),
                 meter: Default::default(),
                 local_root: None,
                 spool_dir: cfg.spool_dir.clone(),
+                aborts_leave_parts: false,
             }),
             StorageUrl::File(dir) => {
                 std::fs::create_dir_all(dir).map_err(directory(dir))?;
@@ -188,13 +192,19 @@ impl Store {
                     meter: Default::default(),
                     local_root: Some(root),
                     spool_dir: cfg.spool_dir.clone(),
+                    aborts_leave_parts: false,
                 })
             }
         }
     }
 
     /// A store on a remote object store, under `prefix`.
-    fn remote(os: impl ObjectStore, prefix: &str, cfg: &StorageConfig) -> Store {
+    fn remote(
+        os: impl ObjectStore,
+        prefix: &str,
+        cfg: &StorageConfig,
+        aborts_leave_parts: bool,
+    ) -> Store {
         let os: Arc<dyn ObjectStore> = if prefix.is_empty() {
             Arc::new(os)
         } else {
@@ -205,6 +215,7 @@ impl Store {
             meter: Default::default(),
             local_root: None,
             spool_dir: cfg.spool_dir.clone(),
+            aborts_leave_parts,
         }
     }
 
@@ -215,6 +226,7 @@ impl Store {
             meter: Default::default(),
             local_root: None,
             spool_dir,
+            aborts_leave_parts: false,
         }
     }
 
@@ -418,7 +430,7 @@ pub(crate) fn file_stream(mut file: std::fs::File, range: Range<u64>, map: bool)
                     }
                     Err(e) => {
                         // Unusual file systems may refuse maps: read instead.
-                        tracing::debug!(error = %e, "cannot map a cache file; reading it");
+                        tracing::debug!(error = %crate::causes::Chain(&e), "cannot map a cache file; reading it");
                         map = false;
                         if let Err(e) = file.seek(SeekFrom::Start(pos)) {
                             let _ = tx.blocking_send(Err(e));

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use object_store::{ObjectStoreExt, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -80,7 +80,11 @@ enum Target {
         final_path: PathBuf,
         published: bool,
     },
-    Multipart(Option<WriteMultipart>),
+    Multipart {
+        writer: Option<WriteMultipart>,
+        /// Where staged parts outlive an abort (Azure): the store and key to clean up.
+        leftover: Option<(Arc<dyn ObjectStore>, object_store::path::Path)>,
+    },
 }
 
 impl BlobSink {
@@ -127,7 +131,12 @@ impl BlobSink {
                 let upload = store.os.put_multipart(&layout::blob(d)).await?;
                 (
                     file,
-                    Target::Multipart(Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE))),
+                    Target::Multipart {
+                        writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
+                        leftover: store
+                            .aborts_leave_parts
+                            .then(|| (store.os.clone(), layout::blob(d))),
+                    },
                 )
             }
         };
@@ -173,7 +182,10 @@ impl BlobSink {
                 .err()
                 .unwrap_or_else(|| Error::Internal("spool writer stopped".into())));
         }
-        if let Target::Multipart(Some(w)) = &mut self.target {
+        if let Target::Multipart {
+            writer: Some(w), ..
+        } = &mut self.target
+        {
             w.wait_for_capacity(PARTS_IN_FLIGHT).await?;
             w.put(chunk);
         }
@@ -223,8 +235,8 @@ impl BlobSink {
                 })?;
                 *published = true;
             }
-            Target::Multipart(w) => {
-                if let Some(w) = w.take() {
+            Target::Multipart { writer, .. } => {
+                if let Some(w) = writer.take() {
                     w.finish().await?;
                 }
             }
@@ -256,10 +268,28 @@ impl BlobSink {
             Target::Local { staged, .. } => {
                 let _ = std::fs::remove_file(&*staged);
             }
-            Target::Multipart(w) => {
-                if let Some(w) = w.take() {
+            Target::Multipart { writer, leftover } => {
+                if let Some(w) = writer.take() {
                     let _ = w.abort().await;
+                    if let Some((os, key)) = leftover.take() {
+                        discard_staged(&*os, &key).await;
+                    }
                 }
+            }
+        }
+    }
+}
+
+/// Drops the staged parts of an aborted upload where the store keeps them (Azure): deleting
+/// a blob that has staged blocks but no committed content discards the blocks. Only when
+/// nothing is committed there: another replica may have committed the same content since.
+/// (Between the check and the delete, such a commit would be lost; the next reader then
+/// finds the blob missing and fetches it again.)
+async fn discard_staged(os: &dyn ObjectStore, key: &object_store::path::Path) {
+    if let Err(object_store::Error::NotFound { .. }) = os.head(key).await {
+        if let Err(e) = os.delete(key).await {
+            if !matches!(e, object_store::Error::NotFound { .. }) {
+                tracing::debug!(key = %key, error = %crate::causes::Chain(&e), "cannot discard the parts of an aborted upload");
             }
         }
     }
@@ -273,11 +303,15 @@ impl Drop for BlobSink {
             } if !*published => {
                 let _ = std::fs::remove_file(&*staged);
             }
-            Target::Multipart(w) => {
-                if let Some(w) = w.take() {
+            Target::Multipart { writer, leftover } => {
+                if let Some(w) = writer.take() {
+                    let leftover = leftover.take();
                     if let Ok(rt) = tokio::runtime::Handle::try_current() {
                         rt.spawn(async move {
                             let _ = w.abort().await;
+                            if let Some((os, key)) = leftover {
+                                discard_staged(&*os, &key).await;
+                            }
                         });
                     }
                 }

@@ -443,7 +443,11 @@ impl Remote for Upstream {
             .bytes_stream()
             .map_err(move |e| UpstreamError::Transport {
                 upstream: name.clone(),
-                what: "blob transfer failed",
+                what: if e.is_timeout() {
+                    "blob transfer timed out"
+                } else {
+                    "blob transfer failed"
+                },
                 source: e.without_url(),
             })
             .boxed();

@@ -97,3 +97,51 @@ default = true
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    use crate::support::archway::Settings;
+    use crate::support::images::{Image, Pusher};
+    use crate::support::registry::Upstream;
+    let up = Upstream::start().await;
+    let img = Image::new(
+        "linux/amd64",
+        vec![crate::support::random_bytes(
+            crate::support::unique_seed(),
+            100,
+        )],
+    );
+    Pusher::new(&up.url(), None)
+        .image("logged/app", "v1", &img)
+        .await;
+    let aw = Archway::start(&Settings {
+        json_logs: true,
+        ..Settings::single(&up.url())
+    })
+    .await;
+    let r = crate::support::http()
+        .get(format!("{}/v2/logged/app/manifests/v1", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let lines: Vec<serde_json::Value> = aw
+        .log_text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| l["message"] == "archway is serving")
+        .expect("the start-up line");
+    assert_eq!(serving["listen"], format!("127.0.0.1:{}", aw.port));
+    let access = lines
+        .iter()
+        .find(|l| l["target"] == "archway::access" && l["id"] == id.as_str())
+        .expect("the access line of the request");
+    assert_eq!(access["method"], "GET");
+    assert_eq!(access["path"], "/v2/logged/app/manifests/v1");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["cache"], "upstream");
+}

@@ -1,6 +1,12 @@
 //! Real cluster clients pulling multi-arch images through archway, configured with the very
 //! files in `deploy/` (only the address substituted): containerd (`ctr` with a private
-//! daemon, `hosts.toml`) and podman (`registries.conf` mirrors).
+//! daemon, `hosts.toml`), dockerd (`registry-mirrors`), podman, skopeo and buildah
+//! (`registries.conf` mirrors).
+//!
+//! Each pull is checked for the exact digest archway served (what the test pushed, or the
+//! index archway synthesized: random bytes no real registry has), and the clients' outside
+//! traffic goes to a proxy that refuses it and remembers it, so a pull that fell back to the
+//! real registry of a deploy file (Docker Hub, quay.io, ghcr.io) fails the test.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::archway::{Archway, Settings, UpstreamSpec};
-use crate::support::images::{Image, Pusher};
+use crate::support::fake::Proxy;
+use crate::support::images::{Image, Pusher, OCI_INDEX};
 use crate::support::registry::Upstream;
 use crate::support::{random_bytes, unique_seed};
 
@@ -56,28 +63,100 @@ fn image(platform: &str) -> Image {
 struct Fixture {
     hub: Upstream,
     quay: Upstream,
+    amd64: Image,
+    arm64: Image,
     s390x: Image,
+    armv7: Image,
     quay_img: Image,
     archway: Archway,
+    /// Where the clients' traffic to anything but loopback goes.
+    proxy: Proxy,
+}
+
+impl Fixture {
+    /// The image the test pushed for `platform`.
+    fn image(&self, platform: &str) -> &Image {
+        match platform {
+            "linux/amd64" => &self.amd64,
+            "linux/arm64" => &self.arm64,
+            "linux/s390x" => &self.s390x,
+            "linux/arm/v7" => &self.armv7,
+            p => panic!("no image for {p}"),
+        }
+    }
+
+    /// The index archway serves for `docker.io/REPO:latest` (synthesized: it adds s390x and
+    /// arm/v7), asked for directly.
+    async fn index_digest(&self) -> String {
+        let r = crate::support::http()
+            .get(format!("{}/v2/{REPO}/manifests/latest", self.archway.url()))
+            .header("accept", OCI_INDEX)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let d = r.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let index: Value = r.json().await.unwrap();
+        let archs: Vec<&str> = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["platform"]["architecture"].as_str())
+            .collect();
+        assert_eq!(
+            archs,
+            ["amd64", "arm64", "s390x", "arm"],
+            "the synthesized index"
+        );
+        d
+    }
+
+    /// Every client request that tried to leave the machine: none may.
+    fn assert_no_outside_traffic(&self) {
+        assert_eq!(
+            self.proxy.seen(),
+            Vec::<String>::new(),
+            "a client went to a real registry instead of archway"
+        );
+    }
+
+    /// That archway answered `METHOD path` with 200 (its access log).
+    fn assert_served(&self, method: &str, path: &str) {
+        let log = self.archway.log_text();
+        let access: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("archway::access"))
+            .collect();
+        assert!(
+            access
+                .iter()
+                .any(|l| l.contains(&format!("method={method} "))
+                    && l.contains(&format!("path={path} "))
+                    && l.contains("status=200")),
+            "archway did not serve {method} {path}:\n{}",
+            access.join("\n")
+        );
+    }
 }
 
 async fn fixture() -> Fixture {
     let hub = Upstream::start().await;
     let quay = Upstream::start().await;
     let push = Pusher::new(&hub.url(), None);
+    let (amd64, arm64) = (image("linux/amd64"), image("linux/arm64"));
     push.index(
         REPO,
         "latest",
-        &[
-            ("linux/amd64", &image("linux/amd64")),
-            ("linux/arm64", &image("linux/arm64")),
-        ],
+        &[("linux/amd64", &amd64), ("linux/arm64", &arm64)],
     )
     .await;
     let s390x = image("linux/s390x");
     push.image(REPO, "s390x-latest", &s390x).await;
-    push.image("arm32v7/go-hello-world", "latest", &image("linux/arm/v7"))
-        .await;
+    let armv7 = image("linux/arm/v7");
+    push.image("arm32v7/go-hello-world", "latest", &armv7).await;
     let quay_img = image("linux/amd64");
     Pusher::new(&quay.url(), None)
         .image("org/app", "v1", &quay_img)
@@ -101,9 +180,13 @@ repository = "docker.io/thinklab/go-hello-world"
     Fixture {
         hub,
         quay,
+        amd64,
+        arm64,
         s390x,
+        armv7,
         quay_img,
         archway,
+        proxy: Proxy::start().await,
     }
 }
 
@@ -112,10 +195,17 @@ repository = "docker.io/thinklab/go-hello-world"
 pub struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
+    /// For `ctr`, which fetches in its own process.
+    env: Vec<(String, String)>,
 }
 
 impl Containerd {
     pub fn start() -> Containerd {
+        Containerd::start_with(Vec::new())
+    }
+
+    /// A daemon, and `ctr` calls, with `env` (a proxy).
+    pub fn start_with(env: Vec<(String, String)>) -> Containerd {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let cfg = format!(
@@ -144,11 +234,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let child = Command::new("containerd")
             .arg("--config")
             .arg(d.join("config.toml"))
+            .envs(env.iter().cloned())
             .stdout(log.try_clone().expect("fd"))
             .stderr(log)
             .spawn()
             .expect("containerd must be installed (make test installs it)");
-        let c = Containerd { dir, child };
+        let c = Containerd { dir, child, env };
         // Start-up readiness: the socket appears once containerd serves.
         let start = Instant::now();
         while !c.dir.path().join("containerd.sock").exists() {
@@ -165,8 +256,32 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.dir.path().join("containerd.sock"))
-            .args(args);
+            .args(args)
+            .envs(self.env.iter().cloned());
         run(cmd)
+    }
+
+    /// The digest namespace `ns` records for image `name` (what the tag resolved to).
+    pub fn image_digest(&self, ns: &str, name: &str) -> String {
+        let (ok, out, err) = self.ctr(&["-n", ns, "images", "ls"]);
+        assert!(ok, "{err}");
+        out.lines()
+            .find_map(|l| {
+                let mut cols = l.split_whitespace();
+                (cols.next() == Some(name)).then(|| {
+                    cols.find(|c| c.starts_with("sha256:"))
+                        .unwrap_or_default()
+                        .to_string()
+                })
+            })
+            .unwrap_or_else(|| panic!("no image {name} in namespace {ns}: {out}"))
+    }
+
+    /// Whether namespace `ns` holds content `digest`.
+    pub fn has_content(&self, ns: &str, digest: &str) -> bool {
+        let (ok, out, err) = self.ctr(&["-n", ns, "content", "ls", "-q"]);
+        assert!(ok, "{err}");
+        out.lines().any(|l| l.trim() == digest)
     }
 
     /// The architecture in the image config that namespace `ns` holds.
@@ -214,8 +329,9 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
         );
     }
     let hosts_dir = hosts.path().to_str().unwrap().to_string();
-    let c = Containerd::start();
+    let c = Containerd::start_with(f.proxy.env());
     let image = format!("docker.io/{REPO}:latest");
+    let index = f.index_digest().await;
     for (platform, want) in [
         ("linux/amd64", "amd64"),
         ("linux/arm64", "arm64"),
@@ -235,14 +351,23 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
             &image,
         ]);
         assert!(ok, "ctr pull {platform}: {err}");
+        // The tag resolved to archway's synthesized index, and the platform's manifest and
+        // config are the very ones the test pushed.
+        assert_eq!(c.image_digest(&ns, &image), index, "{platform}");
+        let pushed = f.image(platform);
+        assert!(c.has_content(&ns, &pushed.digest), "{platform}: manifest");
+        assert!(
+            c.has_content(&ns, &pushed.config.digest),
+            "{platform}: config"
+        );
         assert_eq!(c.pulled_arch(&ns), want, "{platform}");
+        f.assert_served(
+            "GET",
+            &format!("/v2/{REPO}/manifests/{}?ns=docker.io", pushed.digest),
+        );
     }
-    // containerd resolved through archway (HEAD with ?ns=docker.io), never the real registry.
-    let log = f.archway.log_text();
-    assert!(
-        log.contains("method=HEAD") && log.contains("ns=docker.io"),
-        "no ?ns= HEAD seen"
-    );
+    // containerd resolved the tag through archway (HEAD with ?ns=docker.io).
+    f.assert_served("HEAD", &format!("/v2/{REPO}/manifests/latest?ns=docker.io"));
     assert!(f.hub.count("HEAD", &format!("/v2/{REPO}/manifests/latest")) <= 1);
 
     // ghcr.io has no directory of its own here: containerd uses _default/hosts.toml and sends
@@ -265,7 +390,11 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
         "ghcr.io/org/app:v1",
     ]);
     assert!(ok, "ghcr.io via _default: {err}");
-    assert!(f.archway.log_text().contains("ns=ghcr.io"));
+    assert_eq!(
+        c.image_digest("default-ns", "ghcr.io/org/app:v1"),
+        f.quay_img.digest
+    );
+    f.assert_served("HEAD", "/v2/org/app/manifests/v1?ns=ghcr.io");
 
     // quay.io through its own hosts.toml.
     let (ok, _, err) = c.ctr(&[
@@ -278,6 +407,10 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
         "quay.io/org/app:v1",
     ]);
     assert!(ok, "quay.io: {err}");
+    assert_eq!(
+        c.image_digest("quay", "quay.io/org/app:v1"),
+        f.quay_img.digest
+    );
     // ghcr.io through its own hosts.toml as well.
     let (ok, _, err) = c.ctr(&[
         "-n",
@@ -289,6 +422,10 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
         "ghcr.io/org/app:v1",
     ]);
     assert!(ok, "ghcr.io: {err}");
+    assert_eq!(
+        c.image_digest("ghcr", "ghcr.io/org/app:v1"),
+        f.quay_img.digest
+    );
     // One upstream fetch for all three pulls: quay.io and ghcr.io share that upstream's cache.
     assert_eq!(f.quay.count("GET", "/v2/org/app/manifests/v1"), 1);
     let (ok, out, _) = c.ctr(&["-n", "quay", "images", "ls", "-q"]);
@@ -316,12 +453,17 @@ async fn containerd_pulls_every_platform_through_hosts_toml() {
         &image,
     ]);
     assert!(ok, "override_path: {err}");
+    assert_eq!(c.image_digest("override", &image), index);
+    assert!(c.has_content("override", &f.s390x.digest));
     assert_eq!(c.pulled_arch("override"), "s390x");
-    assert!(f
-        .archway
-        .log_text()
-        .contains(&format!("/v2/docker.io/{REPO}/manifests/")));
-    let _ = (&f.s390x, &f.quay_img);
+    f.assert_served(
+        "GET",
+        &format!(
+            "/v2/docker.io/{REPO}/manifests/{}?ns=docker.io",
+            f.s390x.digest
+        ),
+    );
+    f.assert_no_outside_traffic();
 }
 
 // === Docker ===
@@ -336,7 +478,12 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn start(addr: &str) -> Dockerd {
-        let containerd = Containerd::start();
+        Dockerd::start_with(addr, Vec::new())
+    }
+
+    /// A daemon (and its containerd) with `env` (a proxy): dockerd pulls in its own process.
+    pub fn start_with(addr: &str, env: Vec<(String, String)>) -> Dockerd {
+        let containerd = Containerd::start_with(env.clone());
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let deploy_json = std::fs::read_to_string(deploy("docker/daemon.json"))
@@ -373,6 +520,7 @@ impl Dockerd {
         let child = Command::new("dockerd")
             .arg("--config-file")
             .arg(d.join("daemon.json"))
+            .envs(env)
             .stdout(log.try_clone().expect("fd"))
             .stderr(log)
             .spawn()
@@ -421,7 +569,7 @@ impl Drop for Dockerd {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_pulls_through_registry_mirrors() {
     let f = fixture().await;
-    let docker = Dockerd::start(&f.archway.host());
+    let docker = Dockerd::start_with(&f.archway.host(), f.proxy.env());
     let image = format!("{REPO}:latest");
     for (platform, want) in [
         ("linux/arm64", "arm64"),
@@ -430,18 +578,27 @@ async fn docker_pulls_through_registry_mirrors() {
     ] {
         let (ok, _, err) = docker.docker(&["pull", "-q", "--platform", platform, &image]);
         assert!(ok, "docker pull {platform}: {err}");
-        let (ok, arch, err) =
-            docker.docker(&["image", "inspect", "--format", "{{.Architecture}}", &image]);
+        let (ok, out, err) = docker.docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Id}} {{.Architecture}}",
+            &image,
+        ]);
         assert!(ok, "{err}");
-        assert_eq!(arch.trim(), want, "{platform}");
+        // The image id is the digest of its config: the very one the test pushed.
+        let pushed = f.image(platform);
+        assert_eq!(
+            out.trim(),
+            format!("{} {want}", pushed.config.digest),
+            "{platform}"
+        );
+        // Docker's mirror sends Docker Hub names without a registry prefix or ?ns=.
+        f.assert_served("GET", &format!("/v2/{REPO}/manifests/{}", pushed.digest));
         // dockerd keeps manifests in containerd: forget the image so the next pull asks again.
         let _ = docker.docker(&["rmi", "-f", &image]);
     }
-    // Docker's mirror sends Docker Hub names without a registry prefix or ?ns=.
-    assert!(f
-        .archway
-        .log_text()
-        .contains(&format!("/v2/{REPO}/manifests/")));
+    f.assert_no_outside_traffic();
 }
 
 // === skopeo with registries.conf ===
@@ -459,21 +616,27 @@ async fn skopeo_pulls_through_the_registries_conf_mirror() {
     let out_dir = dir.path().join("oci");
     let dest = format!("oci:{}:latest", out_dir.display());
     // skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF: the file is passed explicitly.
-    let out = crate::support::skopeo::run(&[
-        "--registries-conf",
-        registries.to_str().unwrap(),
-        "copy",
-        "--override-arch",
-        "s390x",
-        &format!("docker://docker.io/{REPO}:latest"),
-        &dest,
-    ]);
+    let out = crate::support::skopeo::run_env(
+        &[
+            "--registries-conf",
+            registries.to_str().unwrap(),
+            "copy",
+            "--override-arch",
+            "s390x",
+            &format!("docker://docker.io/{REPO}:latest"),
+            &dest,
+        ],
+        &f.proxy.env(),
+    );
     assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        crate::support::skopeo::copied_manifest(&out_dir),
+        f.s390x.digest
+    );
     assert_eq!(crate::support::skopeo::copied_arch(&out_dir), "s390x");
-    assert!(f
-        .archway
-        .log_text()
-        .contains(&format!("/v2/{REPO}/manifests/latest")));
+    f.assert_served("GET", &format!("/v2/{REPO}/manifests/latest"));
+    f.assert_served("GET", &format!("/v2/{REPO}/manifests/{}", f.s390x.digest));
+    f.assert_no_outside_traffic();
 }
 
 // === podman ===
@@ -527,33 +690,52 @@ async fn podman_pulls_through_registries_conf_mirrors() {
         &registries,
         &f.archway.host(),
     );
-    let env = podman_env(dir.path(), &registries);
+    let mut env = podman_env(dir.path(), &registries);
+    env.extend(f.proxy.env());
     let image = format!("docker.io/{REPO}:latest");
-    for (args, want) in [
-        (vec!["--arch", "s390x"], "s390x"),
-        (vec!["--arch", "arm64"], "arm64"),
-        (vec!["--platform", "linux/arm/v7"], "arm"),
+    // podman's image id is the hex of the config digest.
+    let id = |img: &Image| img.config.digest.trim_start_matches("sha256:").to_string();
+    let inspect = |env: &[(String, String)], image: &str| {
+        let (ok, out, err) = podman(
+            env,
+            &[
+                "image",
+                "inspect",
+                "--format",
+                "{{.Id}} {{.Architecture}}",
+                image,
+            ],
+        );
+        assert!(ok, "{err}");
+        out.trim().to_string()
+    };
+    for (args, platform, want) in [
+        (vec!["--arch", "s390x"], "linux/s390x", "s390x"),
+        (vec!["--arch", "arm64"], "linux/arm64", "arm64"),
+        (vec!["--platform", "linux/arm/v7"], "linux/arm/v7", "arm"),
     ] {
         let mut a = vec!["pull", "-q"];
         a.extend(&args);
         a.push(&image);
         let (ok, _, err) = podman(&env, &a);
         assert!(ok, "podman pull {args:?}: {err}");
-        let (ok, arch, err) = podman(
-            &env,
-            &["image", "inspect", "--format", "{{.Architecture}}", &image],
+        let pushed = f.image(platform);
+        assert_eq!(
+            inspect(&env, &image),
+            format!("{} {want}", id(pushed)),
+            "{args:?}"
         );
-        assert!(ok, "{err}");
-        assert_eq!(arch.trim(), want, "{args:?}");
+        f.assert_served("GET", &format!("/v2/{REPO}/manifests/{}", pushed.digest));
         let _ = podman(&env, &["rmi", "-f", &image]);
     }
     // The quay.io mirror has a path: /v2/quay.io/org/app/...
     let (ok, _, err) = podman(&env, &["pull", "-q", "quay.io/org/app:v1"]);
     assert!(ok, "quay.io: {err}");
-    assert!(f
-        .archway
-        .log_text()
-        .contains("/v2/quay.io/org/app/manifests/v1"));
+    assert_eq!(
+        inspect(&env, "quay.io/org/app:v1"),
+        format!("{} amd64", id(&f.quay_img))
+    );
+    f.assert_served("GET", "/v2/quay.io/org/app/manifests/v1");
 
     // digest-only mirrors: a pull by digest goes through archway.
     let text = std::fs::read_to_string(&registries).unwrap().replace(
@@ -562,11 +744,16 @@ async fn podman_pulls_through_registries_conf_mirrors() {
     );
     let digest_only = dir.path().join("digest-only.conf");
     std::fs::write(&digest_only, text).unwrap();
-    let env2 = podman_env(dir.path(), &digest_only);
+    let mut env2 = podman_env(dir.path(), &digest_only);
+    env2.extend(f.proxy.env());
     let by_digest = format!("docker.io/{REPO}@{}", f.s390x.digest);
     let (ok, _, err) = podman(&env2, &["pull", "-q", "--arch", "s390x", &by_digest]);
     assert!(ok, "digest-only pull by digest: {err}");
-    let _ = &f.quay_img;
+    assert_eq!(
+        inspect(&env2, &by_digest),
+        format!("{} s390x", id(&f.s390x))
+    );
+    f.assert_no_outside_traffic();
 }
 
 // === buildah: the tutorial's workflow ===
@@ -589,7 +776,9 @@ async fn buildah_multiarch_workflow_then_every_platform_through_archway() {
     std::fs::write(dir.path().join("registries.conf"), "").unwrap();
     let payload = dir.path().join("hello.txt");
     let repo = format!("{}/tutorial/hello", up.host());
-    // Per-architecture images from scratch, as the tutorial builds them.
+    // Per-architecture images from scratch, as the tutorial builds them; the digest of each
+    // as pushed.
+    let mut pushed = std::collections::HashMap::new();
     for (arch, variant) in [("amd64", ""), ("arm64", "v8"), ("s390x", "")] {
         std::fs::write(&payload, format!("hello from {arch}\n")).unwrap();
         let ctr = buildah(&env, &["from", "scratch"]);
@@ -607,15 +796,20 @@ async fn buildah_multiarch_workflow_then_every_platform_through_archway() {
             &env,
             &["commit", "--rm", &ctr, &format!("localhost/hello:{arch}")],
         );
+        let digest_file = dir.path().join(format!("{arch}.digest"));
         buildah(
             &env,
             &[
                 "push",
                 "--tls-verify=false",
+                "--digestfile",
+                digest_file.to_str().unwrap(),
                 &format!("localhost/hello:{arch}"),
                 &format!("docker://{repo}:{arch}-latest"),
             ],
         );
+        let digest = std::fs::read_to_string(&digest_file).unwrap();
+        pushed.insert(arch, digest.trim().to_string());
     }
     // The index holds amd64 and arm64 only; s390x stays a per-arch tag.
     buildah(&env, &["manifest", "create", "hello-list"]);
@@ -667,6 +861,11 @@ repository = "docker.io/tutorial/hello"
             &["--override-arch", arch],
         );
         assert!(out.ok, "{arch}: {}", out.stderr);
+        assert_eq!(
+            crate::support::skopeo::copied_manifest(&out_dir),
+            pushed[arch],
+            "{arch}: the image buildah pushed"
+        );
         let got = crate::support::skopeo::copied_arch(&out_dir);
         assert!(got.starts_with(want), "{arch}: {got}");
     }

@@ -16,5 +16,7 @@ mod object_stores;
 mod pull;
 mod reload;
 mod routing;
+mod shutdown;
 mod tags;
 mod tls;
+mod upstream_auth;

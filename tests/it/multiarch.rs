@@ -378,37 +378,131 @@ async fn moved_fallback_changes_the_index_and_unconfigured_repos_are_untouched()
     );
     assert_eq!(rows.len(), 6);
 
-    let out = std::process::Command::new(Archway::bin())
-        .args(["inspect", "--config"])
-        .arg(&aw.config)
-        .arg(format!("docker.io/{REPO}:latest"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let inspect = |json: bool| {
+        let mut cmd = std::process::Command::new(Archway::bin());
+        cmd.args(["inspect", "--config"]).arg(&aw.config);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .arg(format!("docker.io/{REPO}:latest"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = inspect(false);
+    assert!(stdout.contains(&format!("serves {after}")), "{stdout}");
+    let row = |platform: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(platform))
+            .unwrap_or_else(|| panic!("no {platform} row: {stdout}"))
+            .to_string()
+    };
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains(&after), "{stdout}");
-    assert!(
-        stdout.contains("ok (config linux/arm64)"),
+        row("linux/arm64").ends_with("ok (config linux/arm64)"),
         "upstream entries are checked too: {stdout}"
     );
+    let s390x = row("linux/s390x");
     assert!(
-        stdout.contains("linux/s390x") && stdout.contains("refused"),
+        s390x.contains(&s390x2.digest) && s390x.ends_with("ok (config linux/s390x)"),
+        "the moved fallback: {s390x}"
+    );
+    assert!(
+        row("linux/riscv64").ends_with("refused: its image config says linux/amd64"),
         "{stdout}"
     );
-    let metrics = http()
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("archway_fallbacks_refused_total"),
-        "{metrics}"
+    // --json: the same report as the admin endpoint's.
+    let json: Value = serde_json::from_str(&inspect(true)).unwrap();
+    assert_eq!(json["digest"], after.as_str());
+    assert_eq!(json["platforms"], report["platforms"]);
+    // Every synthesis refused riscv64 once: three pulls (the tag TTL is 0s) and /inspect.
+    assert_eq!(
+        crate::support::metric(admin, "archway_fallbacks_refused_total").await,
+        Some(4.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_schema2_lists_are_kept_and_synthesized_as_docker_lists() {
+    use crate::support::images::{DOCKER_LIST, DOCKER_MANIFEST};
+    let up = Upstream::start().await;
+    let push = Pusher::new(&up.url(), None);
+    let docker = |p: &str| Image::docker(p, vec![random_bytes(unique_seed(), 20_000)]);
+    let (amd64, arm64, s390x) = (
+        docker("linux/amd64"),
+        docker("linux/arm64"),
+        docker("linux/s390x"),
+    );
+    push.docker_list(
+        "dock/app",
+        "latest",
+        &[("linux/amd64", &amd64), ("linux/arm64", &arm64)],
+    )
+    .await;
+    push.image("dock/app", "s390x-latest", &s390x).await;
+    let plain = push
+        .docker_list("dock/plain", "latest", &[("linux/amd64", &amd64)])
+        .await;
+    let aw = Archway::start(&Settings {
+        upstreams: vec![UpstreamSpec::hub(&up.url())],
+        extra: r#"
+[[fallback]]
+repository = "docker.io/dock/app"
+[fallback.platforms]
+"linux/s390x" = "docker.io/dock/app:s390x-{tag}"
+"#
+        .into(),
+        ..Settings::single(&up.url())
+    })
+    .await;
+    let accept = format!("{DOCKER_LIST}, {DOCKER_MANIFEST}");
+    // Every child is Docker schema2: the synthesized index is a Docker manifest list.
+    let (s, ct, d, body) = get(&aw, "/v2/dock/app/manifests/latest", Some(&accept), None).await;
+    assert_eq!((s, ct.as_str()), (200, DOCKER_LIST));
+    assert_eq!(d, sha256(&body));
+    let list: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(list["mediaType"], DOCKER_LIST);
+    assert_eq!(
+        platforms(&list),
+        ["linux/amd64", "linux/arm64", "linux/s390x"]
+    );
+    assert!(list["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["mediaType"] == DOCKER_MANIFEST));
+    // Without a rule, the upstream's list byte for byte; a schema2 image as sent.
+    let (s, ct, _, body) = get(&aw, "/v2/dock/plain/manifests/latest", Some(&accept), None).await;
+    assert_eq!((s, ct.as_str(), body), (200, DOCKER_LIST, plain));
+    let (s, ct, d, _) = get(
+        &aw,
+        "/v2/dock/app/manifests/s390x-latest",
+        Some(&accept),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, ct.as_str(), d.as_str()),
+        (200, DOCKER_MANIFEST, s390x.digest.as_str())
+    );
+    // A real client pulls the synthesized platform from the Docker list, unconverted (a
+    // `dir:` copy keeps the manifest's bytes; an OCI layout would convert it).
+    let dir = tempfile::tempdir().unwrap();
+    let out = skopeo::run(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--override-arch",
+        "s390x",
+        &format!("docker://{}/dock/app:latest", aw.host()),
+        &format!("dir:{}", dir.path().display()),
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let copied = std::fs::read(dir.path().join("manifest.json")).unwrap();
+    assert_eq!(sha256(&copied), s390x.digest);
 }

@@ -45,6 +45,29 @@ impl Backend {
         }
     }
 
+    /// Uploads the store holds but does not show: S3 multipart uploads never completed or
+    /// aborted, Azure blobs with staged blocks only.
+    async fn leftovers(&self) -> Vec<String> {
+        match self {
+            Backend::S3(s) => s.pending_uploads("mirror").await,
+            Backend::Azure(a) => a.uncommitted("mirror").await,
+        }
+    }
+
+    /// Settings with no `[storage.s3]`/`[storage.azure]` table: the credentials and the
+    /// endpoint come from the environment, as in a Kubernetes pod.
+    fn settings_from_env(&self, up_url: &str) -> Settings {
+        let (url, env) = match self {
+            Backend::S3(s) => ("s3://mirror/cache", s.env()),
+            Backend::Azure(a) => ("az://mirror/cache", a.env()),
+        };
+        Settings {
+            storage_url: Some(url.into()),
+            env,
+            ..Settings::single(up_url)
+        }
+    }
+
     fn stop(self) {
         drop(self)
     }
@@ -174,12 +197,45 @@ async fn replicas_share_the_cache(store: Backend) {
 }
 
 async fn an_upload_cut_midway_leaves_nothing(store: Backend) {
-    let data = random_bytes(unique_seed(), 10 * 1024 * 1024);
+    // 20 MiB, cut after 9, once the first 8 MiB part is in the store (S3: an upload begun;
+    // Azure: a staged block): there is something to clean up.
+    let data = random_bytes(unique_seed(), 20 * 1024 * 1024);
     let digest = crate::support::images::sha256(&data);
-    let port = crate::support::fake::cut_server(data.len(), data[..9 * 1024 * 1024].to_vec()).await;
-    let aw = Archway::start(&store.settings(&format!("http://127.0.0.1:{port}"))).await;
-    crate::support::get_expecting_failure(&format!("{}/v2/cut/app/blobs/{digest}", aw.url())).await;
+    let up = crate::support::fake::gated_cut_server(data.clone(), 9 * 1024 * 1024).await;
+    let mut settings = store.settings(&up.raw.url());
+    settings.admin = true;
+    let aw = Archway::start(&settings).await;
+    let url = format!("{}/v2/cut/app/blobs/{digest}", aw.url());
+    let len = data.len();
+    let transfer = tokio::spawn(async move { crate::support::broken_transfer(&url, len).await });
+    let start = std::time::Instant::now();
+    while store.leftovers().await.is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no part reached the store"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    up.open();
+    let received = transfer.await.unwrap();
+    assert!(received <= 9 * 1024 * 1024, "{received}");
+    assert!(
+        crate::support::wait_metric(
+            aw.admin(),
+            "archway_fill_failures_total{reason=\"upstream\"}",
+            1.0,
+            std::time::Duration::from_secs(20)
+        )
+        .await
+    );
+    assert_eq!(up.raw.requests(), 1);
     assert_eq!(store.keys("cache/").await, Vec::<String>::new());
+    // Nor anything the store keeps out of sight: an upload that was never completed.
+    assert_eq!(
+        store.leftovers().await,
+        Vec::<String>::new(),
+        "staged parts left behind"
+    );
 }
 
 async fn readyz_follows_the_store(store: Backend) {
@@ -229,4 +285,99 @@ async fn s3_readyz_follows_the_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn azure_readyz_follows_the_store() {
     readyz_follows_the_store(Backend::azure().await).await;
+}
+
+async fn settings_come_from_the_environment(store: Backend) {
+    let up = Upstream::start().await;
+    let img = Image::new("linux/amd64", vec![random_bytes(unique_seed(), 5000)]);
+    Pusher::new(&up.url(), None)
+        .image("env/app", "v1", &img)
+        .await;
+    let settings = store.settings_from_env(&up.url());
+    assert!(
+        !crate::support::archway::render(&settings, std::path::Path::new("/x"))
+            .contains("[storage.")
+    );
+    let aw = Archway::start(&settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = skopeo::copy_to_oci(&format!("{}/env/app:v1", aw.host()), dir.path(), &[]);
+    assert!(out.ok, "{}", out.stderr);
+    let keys = store.keys("cache/blobs/").await;
+    assert!(keys.contains(&blob_key(&img.digest)), "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_settings_come_from_the_environment() {
+    settings_come_from_the_environment(Backend::s3().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_settings_come_from_the_environment() {
+    settings_come_from_the_environment(Backend::azure().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_replica_collects_every_gc_interval() {
+    let store = Backend::s3().await;
+    let up = Upstream::start().await;
+    let mut settings = store.settings(&up.url());
+    settings.admin = true;
+    settings.storage_extra =
+        "max_size = \"1TiB\"\ngc_min_age = \"0s\"\ngc_interval = \"1s\"\n".into();
+    let aw = Archway::start(&settings).await;
+    // Nothing is written: only the interval can start runs after the first one at start-up.
+    assert!(
+        crate::support::wait_metric(
+            aw.admin(),
+            "archway_gc_runs_total{outcome=\"ok\"}",
+            3.0,
+            std::time::Duration::from_secs(30)
+        )
+        .await,
+        "{}",
+        aw.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_access_times_meet_in_the_bucket() {
+    let store = Backend::s3().await;
+    let up = Upstream::start().await;
+    let seed = unique_seed();
+    let x = Image::new("linux/amd64", vec![random_bytes(seed, 100_000)]);
+    let y = Image::new("linux/amd64", vec![random_bytes(seed + 1, 100_000)]);
+    let push = Pusher::new(&up.url(), None);
+    push.image("lru/x", "v1", &x).await;
+    push.image("lru/y", "v1", &y).await;
+    let mut settings = store.settings(&up.url());
+    settings.storage_extra = "max_size = \"1TiB\"\ngc_min_age = \"0s\"\n".into();
+    let mut a = Archway::start(&settings).await;
+    let mut b = Archway::start(&settings).await;
+    let pull = |aw: &Archway, r: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = skopeo::copy_to_oci(&format!("{}/{r}", aw.host()), dir.path(), &[]);
+        assert!(out.ok, "{r}: {}", out.stderr);
+    };
+    // Replica a alone would say x is the least recently used; b used it last.
+    pull(&a, "lru/x:v1");
+    pull(&a, "lru/y:v1");
+    pull(&b, "lru/x:v1");
+    assert!(
+        a.terminate() && b.terminate(),
+        "clean shutdowns, which write the access times"
+    );
+    let journals = store.keys("cache/access/").await;
+    assert_eq!(journals.len(), 2, "one journal per replica: {journals:?}");
+    let Backend::S3(s3) = &store else {
+        unreachable!()
+    };
+    let total = s3.total_size("mirror", "cache/blobs/").await;
+    let (ok, out) = crate::gc::gc(&a.config, &["--max-size", &format!("{}B", total - 1)]);
+    assert!(ok, "{out}");
+    let evicted: Vec<&str> = out.lines().filter(|l| l.starts_with("evict ")).collect();
+    assert_eq!(evicted.len(), 1, "{out}");
+    assert!(
+        evicted[0].starts_with(&format!("evict up/lru/y@{}", y.digest)),
+        "both replicas' journals count: {out}"
+    );
 }

@@ -117,6 +117,26 @@ async fn manifest_and_blob_headers_and_ranges() {
         r.headers()["docker-distribution-api-version"],
         "registry/2.0"
     );
+    assert_eq!(
+        r.headers()["etag"],
+        format!("\"{}\"", img.digest).as_str(),
+        "the ETag is the quoted digest"
+    );
+    // Every response carries a request id, unique, and the access log line names it.
+    let id = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let first = id(&r);
+    let again = c
+        .get(format!("{}/v2/ranged/manifests/v1", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(id(&again), first);
+    let logged = aw
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("archway::access") && l.contains(&format!("id={first} ")))
+        .count();
+    assert_eq!(logged, 1, "one access line per request, by its id");
 
     // A range on a blob that is not cached yet is served from the fill.
     let r = c
@@ -136,6 +156,10 @@ async fn manifest_and_blob_headers_and_ranges() {
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(
+        r.headers()["etag"],
+        format!("\"{}\"", layer.digest).as_str()
+    );
     assert_eq!(r.bytes().await.unwrap(), layer.data);
     let len = layer.data.len();
     for (range, want) in [
@@ -280,4 +304,65 @@ async fn basic_auth_upstream_with_and_without_credentials() {
         .await
         .unwrap();
     assert_eq!(oci_error(r).await, (403, "DENIED".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sha512_content_end_to_end() {
+    use crate::support::images::{Blob, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST};
+    let up = Upstream::start().await;
+    let config = Blob::new(
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec(),
+    );
+    let layer = Blob::sha512(random_bytes(unique_seed(), 200_000));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config.digest, "size": config.data.len()},
+        "layers": [{"mediaType": OCI_LAYER, "digest": layer.digest, "size": layer.data.len()}],
+    }))
+    .unwrap();
+    let push = Pusher::new(&up.url(), None);
+    push.blob("sha/app", &config).await;
+    push.blob("sha/app", &layer).await;
+    push.manifest("sha/app", "v1", OCI_MANIFEST, &manifest)
+        .await;
+    let aw = Archway::start(&Settings::single(&up.url())).await;
+    let c = http();
+    let r = c
+        .get(format!("{}/v2/sha/app/manifests/v1", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), manifest);
+    let url = format!("{}/v2/sha/app/blobs/{}", aw.url(), layer.digest);
+    for round in ["upstream", "cache"] {
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{round}");
+        assert_eq!(r.headers()["docker-content-digest"], layer.digest.as_str());
+        assert_eq!(r.bytes().await.unwrap(), layer.data, "{round}");
+    }
+    let path = format!("/v2/sha/app/blobs/{}", layer.digest);
+    assert_eq!(aw.access_outcomes(&path), ["upstream", "cache"]);
+    assert_eq!(up.blob_gets("sha/app", &layer.digest), 1);
+    let hex = layer.digest.trim_start_matches("sha512:");
+    assert!(
+        aw.cache_dir()
+            .join(format!("blobs/sha512/{}/{hex}", &hex[..2]))
+            .exists(),
+        "cached under its own algorithm"
+    );
+    // A wrong sha512 is refused like a wrong sha256.
+    let bad = format!("sha512:{}", "0".repeat(128));
+    let r = c
+        .get(format!("{}/v2/sha/app/blobs/{bad}", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oci_error(r).await, (404, "BLOB_UNKNOWN".into()));
+    // And a real client verifies it.
+    let dir = tempfile::tempdir().unwrap();
+    let out = skopeo::copy_to_oci(&format!("{}/sha/app:v1", aw.host()), dir.path(), &[]);
+    assert!(out.ok, "{}", out.stderr);
 }

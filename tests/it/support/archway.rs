@@ -11,6 +11,8 @@ use super::{port_after, wait_for_log};
 
 pub struct Archway {
     pub port: u16,
+    json_logs: bool,
+    env: Vec<(String, String)>,
     /// The admin listener's port, when `Settings::admin` asked for one.
     pub admin_port: Option<u16>,
     pub tls: bool,
@@ -28,6 +30,8 @@ pub struct UpstreamSpec {
     pub hosts: Vec<String>,
     pub default: bool,
     pub creds: Option<(String, String)>,
+    /// `ca_file`: a CA to trust for an HTTPS upstream.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl UpstreamSpec {
@@ -43,6 +47,7 @@ impl UpstreamSpec {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             default,
             creds: None,
+            ca_file: None,
         }
     }
 }
@@ -61,6 +66,12 @@ pub struct Settings {
     pub storage_extra: String,
     /// An admin listener, on a port archway picks.
     pub admin: bool,
+    /// `--log-format json`.
+    pub json_logs: bool,
+    /// `server.shutdown_grace`.
+    pub shutdown_grace: Option<String>,
+    /// More environment for the process (AWS_*, AZURE_*, ...).
+    pub env: Vec<(String, String)>,
     pub extra: String,
 }
 
@@ -76,6 +87,9 @@ impl Settings {
             tls: None,
             storage_extra: String::new(),
             admin: false,
+            json_logs: false,
+            shutdown_grace: None,
+            env: Vec::new(),
             extra: String::new(),
         }
     }
@@ -95,8 +109,12 @@ pub fn render(settings: &Settings, dir: &Path) -> String {
         ),
         None => String::new(),
     };
+    let grace = match &settings.shutdown_grace {
+        Some(g) => format!("shutdown_grace = \"{g}\"\n"),
+        None => String::new(),
+    };
     let mut s = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{tls}\n[storage]\nurl = \"{storage}\"\nspool_dir = \"{}\"\n{}\n[cache]\ntag_ttl = \"{}\"\nserve_stale = {}\n\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n{grace}{tls}\n[storage]\nurl = \"{storage}\"\nspool_dir = \"{}\"\n{}\n[cache]\ntag_ttl = \"{}\"\nserve_stale = {}\n\n",
         dir.join("spool").display(),
         settings.storage_extra,
         settings.tag_ttl,
@@ -115,6 +133,9 @@ pub fn render(settings: &Settings, dir: &Path) -> String {
             u.default,
             settings.read_timeout
         ));
+        if let Some(ca) = &u.ca_file {
+            s.push_str(&format!("ca_file = \"{}\"\n", ca.display()));
+        }
         if let Some((user, pass)) = &u.creds {
             let pw = dir.join(format!("password-{i}"));
             std::fs::write(&pw, format!("{pass}\n")).expect("write password");
@@ -142,6 +163,36 @@ impl Archway {
         Archway::start_in(dir, settings).await
     }
 
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
+        let pid = self.pid().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -TERM {pid}");
+    }
+
+    /// Waits for the process to exit; whether it exited cleanly.
+    pub fn wait_exit(&mut self) -> bool {
+        let mut c = self.child.take().expect("running");
+        c.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Waits until the log has a line containing `needle` (an event archway reports).
+    pub async fn wait_log(&self, needle: &str) {
+        let start = std::time::Instant::now();
+        while !self.log_text().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no {needle:?} in the log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts on an existing directory (to restart with the same cache).
     pub async fn start_in(dir: TempDir, settings: &Settings) -> Archway {
         let config = dir.path().join("archway.toml");
@@ -149,6 +200,8 @@ impl Archway {
         let mut a = Archway {
             port: 0,
             admin_port: None,
+            json_logs: settings.json_logs,
+            env: settings.env.clone(),
             tls: settings.tls.is_some(),
             log: (0..)
                 .map(|n| dir.path().join(format!("archway-{n}.log")))
@@ -168,10 +221,12 @@ impl Archway {
             .append(true)
             .open(&self.log)
             .expect("log");
+        let format = if self.json_logs { "json" } else { "text" };
         let child = Command::new(Archway::bin())
-            .args(["serve", "--config"])
+            .args(["--log-format", format, "serve", "--config"])
             .arg(&self.config)
             .env("ARCHWAY_LOG", "info,archway=debug")
+            .envs(self.env.iter().cloned())
             .stdout(log.try_clone().expect("fd"))
             .stderr(log)
             .stdin(Stdio::null())
@@ -183,7 +238,8 @@ impl Archway {
             if !l.contains("archway is serving") {
                 return None;
             }
-            let clean = strip_colours(l);
+            // Text: `listen=127.0.0.1:PORT`; JSON: `"listen":"127.0.0.1:PORT"`.
+            let clean = strip_colours(l).replace("\":\"", "=");
             Some((
                 port_after(&clean, "listen=127.0.0.1:")?,
                 port_after(&clean, "admin=127.0.0.1:"),

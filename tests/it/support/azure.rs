@@ -69,6 +69,22 @@ impl Azurite {
         )
     }
 
+    /// The environment `object_store` reads instead of `[storage.azure]`.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AZURE_STORAGE_ACCOUNT_NAME", ACCOUNT.to_string()),
+            ("AZURE_STORAGE_ACCOUNT_KEY", KEY.to_string()),
+            (
+                "AZURE_STORAGE_ENDPOINT",
+                format!("{}/{ACCOUNT}", self.url()),
+            ),
+            ("AZURE_ALLOW_HTTP", "true".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
     /// Blobs in `container` that have staged blocks no commit made visible.
     pub async fn uncommitted(&self, container: &str) -> Vec<String> {
         let all = self

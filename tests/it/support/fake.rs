@@ -25,6 +25,8 @@ pub enum Reply {
         body: Vec<u8>,
     },
     Status(u16, Vec<(String, String)>),
+    /// No answer at all: a connection that stays silent until the client gives up.
+    Hang,
 }
 
 /// A request as the fake saw it.
@@ -65,7 +67,7 @@ impl Fake {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let f = f.clone();
-                        async move { Ok::<_, Infallible>(f.answer(req)) }
+                        async move { Ok::<_, Infallible>(f.answer(req).await) }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -105,7 +107,7 @@ impl Fake {
         self.seen.lock().expect("lock").clone()
     }
 
-    fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
         self.seen.lock().expect("lock").push(Seen {
             method: req.method().to_string(),
             path: req.uri().path().to_string(),
@@ -147,6 +149,7 @@ impl Fake {
                 }
                 r
             }
+            Reply::Hang => std::future::pending().await,
             Reply::Status(code, headers) => {
                 let mut r = Response::new(full(
                     br#"{"errors":[{"code":"X","message":"injected"}]}"#.to_vec(),
@@ -164,18 +167,34 @@ impl Fake {
     }
 }
 
+/// A raw upstream: where it listens, and how many requests it has read.
+pub struct Raw {
+    pub port: u16,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Raw {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// A raw TCP upstream that answers every request with `200`, a `Content-Length` of `len`,
 /// the first bytes of the body, and then closes the connection: a transfer cut mid-blob.
-pub async fn cut_server(len: usize, prefix: Vec<u8>) -> u16 {
+pub async fn cut_server(len: usize, prefix: Vec<u8>) -> Raw {
     partial_server(len, prefix, false).await
 }
 
 /// Like [`cut_server`], but the connection stays open and silent: a stalled upstream.
-pub async fn stall_server(len: usize, prefix: Vec<u8>) -> u16 {
+pub async fn stall_server(len: usize, prefix: Vec<u8>) -> Raw {
     partial_server(len, prefix, true).await
 }
 
-async fn partial_server(len: usize, prefix: Vec<u8>, stall: bool) -> u16 {
+async fn partial_server(len: usize, prefix: Vec<u8>, stall: bool) -> Raw {
     raw_server(move |mut s| {
         let prefix = prefix.clone();
         async move {
@@ -201,29 +220,59 @@ async fn partial_server(len: usize, prefix: Vec<u8>, stall: bool) -> u16 {
     .await
 }
 
-/// A raw TCP upstream that sends `body` in `pieces` parts with `gap` between them: a slow
-/// network, so a transfer is still running when a test acts on the mirror.
-pub async fn trickle_server(body: Vec<u8>, pieces: usize, gap: std::time::Duration) -> u16 {
-    raw_server(move |mut s| {
-        let body = body.clone();
+/// A raw upstream that sends the first `first` bytes of `body`, then waits for the test to
+/// open the gate before it sends the rest: a transfer that is certainly still running when
+/// the test acts on the mirror.
+pub struct Gated {
+    pub raw: Raw,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gated {
+    /// Lets the transfers waiting at the gate (and every later one) finish.
+    pub fn open(&self) {
+        self.gate.add_permits(1_000);
+    }
+}
+
+pub async fn gated_server(body: Vec<u8>, first: usize) -> Gated {
+    gated(body, first, false).await
+}
+
+/// Like [`gated_server`], but at the gate the connection is closed instead: a transfer cut
+/// at the moment the test chooses.
+pub async fn gated_cut_server(body: Vec<u8>, first: usize) -> Gated {
+    gated(body, first, true).await
+}
+
+async fn gated(body: Vec<u8>, first: usize, cut: bool) -> Gated {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let waiting = gate.clone();
+    let raw = raw_server(move |mut s| {
+        let (body, gate) = (body.clone(), waiting.clone());
         async move {
             use tokio::io::AsyncWriteExt;
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
             let _ = s.write_all(head.as_bytes()).await;
-            for part in body.chunks(body.len().div_ceil(pieces)) {
-                if s.write_all(part).await.is_err() {
-                    return;
+            let _ = s.write_all(&body[..first]).await;
+            let _ = s.flush().await;
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+                if cut {
+                    let _ = s.shutdown().await;
+                } else {
+                    let _ = s.write_all(&body[first..]).await;
                 }
-                tokio::time::sleep(gap).await;
             }
         }
     })
-    .await
+    .await;
+    Gated { raw, gate }
 }
 
 /// A loopback listener that reads each request's head, then hands the connection to
 /// `respond`, which writes whatever (mis)behaviour the test needs.
-async fn raw_server<F, Fut>(respond: F) -> u16
+async fn raw_server<F, Fut>(respond: F) -> Raw
 where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -231,20 +280,23 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let respond = Arc::new(respond);
+    let requests: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+    let counted = requests.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else {
                 continue;
             };
-            let respond = respond.clone();
+            let (respond, counted) = (respond.clone(), counted.clone());
             tokio::spawn(async move {
                 if read_request_head(&mut s).await {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     respond(s).await;
                 }
             });
         }
     });
-    port
+    Raw { port, requests }
 }
 
 /// Reads one request's head; false when the client went away first.
@@ -259,4 +311,64 @@ async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
         }
     }
     true
+}
+
+/// An HTTP(S) proxy that refuses everything and remembers what was asked of it. Clients are
+/// pointed at it (`HTTPS_PROXY`/`HTTP_PROXY`) so that any attempt to reach a real registry
+/// (the fallback of a deploy file, when the mirror fails) is seen; Go clients never proxy
+/// loopback, so archway itself is reached directly.
+#[derive(Clone)]
+pub struct Proxy {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    pub async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let line = String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    record.lock().expect("lock").push(line);
+                    let _ = s
+                        .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        Proxy { port, seen }
+    }
+
+    /// The environment that sends a client's outside traffic here.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let url = format!("http://127.0.0.1:{}", self.port);
+        ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]
+            .iter()
+            .map(|k| (k.to_string(), url.clone()))
+            .chain([
+                ("NO_PROXY".into(), String::new()),
+                ("no_proxy".into(), String::new()),
+            ])
+            .collect()
+    }
+
+    /// The request lines (`CONNECT registry-1.docker.io:443 HTTP/1.1`) clients sent.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().expect("lock").clone()
+    }
 }

@@ -11,6 +11,8 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 pub fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
@@ -26,6 +28,15 @@ impl Blob {
     pub fn new(data: Vec<u8>) -> Blob {
         Blob {
             digest: sha256(&data),
+            data,
+        }
+    }
+
+    /// A blob named by its sha512 digest.
+    pub fn sha512(data: Vec<u8>) -> Blob {
+        use sha2::Sha512;
+        Blob {
+            digest: format!("sha512:{}", hex::encode(Sha512::digest(&data))),
             data,
         }
     }
@@ -45,6 +56,27 @@ impl Image {
     /// An OCI image for `os/arch[/variant]`; each layer is a gzipped tar holding one file with
     /// the given contents, so clients that inspect or unpack layers accept it.
     pub fn new(platform: &str, contents: Vec<Vec<u8>>) -> Image {
+        Image::build(platform, contents, OCI_MANIFEST, OCI_CONFIG, OCI_LAYER)
+    }
+
+    /// The same as a Docker schema2 image.
+    pub fn docker(platform: &str, contents: Vec<Vec<u8>>) -> Image {
+        Image::build(
+            platform,
+            contents,
+            DOCKER_MANIFEST,
+            DOCKER_CONFIG,
+            DOCKER_LAYER,
+        )
+    }
+
+    fn build(
+        platform: &str,
+        contents: Vec<Vec<u8>>,
+        media_type: &'static str,
+        config_type: &str,
+        layer_type: &str,
+    ) -> Image {
         let mut parts = platform.split('/');
         let os = parts.next().unwrap_or("linux");
         let arch = parts.next().unwrap_or("amd64");
@@ -68,9 +100,9 @@ impl Image {
         let config = Blob::new(serde_json::to_vec(&cfg).expect("json"));
         let manifest = json!({
             "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": config.digest, "size": config.data.len()},
-            "layers": layers.iter().map(|l| json!({"mediaType": OCI_LAYER, "digest": l.digest, "size": l.data.len()})).collect::<Vec<_>>(),
+            "mediaType": media_type,
+            "config": {"mediaType": config_type, "digest": config.digest, "size": config.data.len()},
+            "layers": layers.iter().map(|l| json!({"mediaType": layer_type, "digest": l.digest, "size": l.data.len()})).collect::<Vec<_>>(),
         });
         let manifest = serde_json::to_vec_pretty(&manifest).expect("json");
         Image {
@@ -78,7 +110,7 @@ impl Image {
             config,
             layers,
             manifest,
-            media_type: OCI_MANIFEST,
+            media_type,
         }
     }
 
@@ -104,6 +136,19 @@ impl Pusher {
             base: base.to_string(),
             creds,
             client: http(),
+        }
+    }
+
+    /// A pusher to an HTTPS registry whose certificate `ca_pem` signed.
+    pub fn with_ca(base: &str, ca_pem: &[u8]) -> Pusher {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca_pem).expect("CA"))
+            .build()
+            .expect("client");
+        Pusher {
+            base: base.to_string(),
+            creds: None,
+            client,
         }
     }
 
@@ -174,6 +219,21 @@ impl Pusher {
 
     /// Pushes images by digest and an OCI index over them under `tag`; returns the index bytes.
     pub async fn index(&self, repo: &str, tag: &str, images: &[(&str, &Image)]) -> Vec<u8> {
+        self.list_of(repo, tag, OCI_INDEX, images).await
+    }
+
+    /// The same with a Docker manifest list.
+    pub async fn docker_list(&self, repo: &str, tag: &str, images: &[(&str, &Image)]) -> Vec<u8> {
+        self.list_of(repo, tag, DOCKER_LIST, images).await
+    }
+
+    async fn list_of(
+        &self,
+        repo: &str,
+        tag: &str,
+        media_type: &str,
+        images: &[(&str, &Image)],
+    ) -> Vec<u8> {
         let mut entries = Vec::new();
         for (platform, img) in images {
             for b in img.blobs() {
@@ -190,11 +250,11 @@ impl Pusher {
         }
         let index = serde_json::to_vec_pretty(&json!({
             "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
+            "mediaType": media_type,
             "manifests": entries,
         }))
         .expect("json");
-        self.manifest(repo, tag, OCI_INDEX, &index).await;
+        self.manifest(repo, tag, media_type, &index).await;
         index
     }
 }

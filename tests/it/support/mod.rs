@@ -149,19 +149,34 @@ pub async fn wait_metric(admin_port: u16, series: &str, at_least: f64, deadline:
     false
 }
 
-/// GETs `url`, expecting the transfer to fail, and panics if a complete `200` body arrives.
-/// Either way of failing is right: a `200` whose body breaks off, or — when the server learned
-/// of the failure before its headers went out — a connection closed without a response or an
-/// error status.
-pub async fn get_expecting_failure(url: &str) -> String {
-    match http().get(url).send().await {
-        Err(e) => format!("no response: {e}"),
-        Ok(r) if r.status() != 200 => format!("status {}", r.status()),
-        Ok(r) => match r.bytes().await {
-            Err(e) => format!("body broke off: {e}"),
-            Ok(b) => panic!("{url}: delivered as complete ({} bytes)", b.len()),
-        },
+/// GETs a blob of `len` bytes whose fill fails after the upstream's headers arrived: archway
+/// has answered `200` with the whole length, streams what it got, and breaks the body off
+/// before the end, so the client never holds a complete body of unverified content. Returns
+/// how many bytes arrived.
+pub async fn broken_transfer(url: &str, len: usize) -> usize {
+    use futures_util::StreamExt;
+    let r = http().get(url).send().await.expect("a response");
+    assert_eq!(r.status(), 200, "{url}");
+    assert_eq!(
+        r.headers()["content-length"].to_str().unwrap(),
+        len.to_string(),
+        "{url}: the announced length"
+    );
+    let mut body = r.bytes_stream();
+    let mut received = 0;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(b) => received += b.len(),
+            Err(_) => {
+                assert!(
+                    received < len,
+                    "{url}: {received} of {len} bytes, then an error"
+                );
+                return received;
+            }
+        }
     }
+    panic!("{url}: delivered as complete ({received} of {len} bytes)");
 }
 
 /// Writes an htpasswd file with one bcrypt entry (as `htpasswd -B` does) into `dir`.

@@ -64,6 +64,39 @@ impl S3 {
         )
     }
 
+    /// The environment `object_store` reads instead of `[storage.s3]`.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", self.url()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test-secret".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Bytes stored in `bucket` under `prefix`.
+    pub async fn total_size(&self, bucket: &str, prefix: &str) -> u64 {
+        let body = http()
+            .get(format!(
+                "{}/{bucket}?list-type=2&prefix={prefix}",
+                self.url()
+            ))
+            .send()
+            .await
+            .expect("list")
+            .text()
+            .await
+            .expect("list body");
+        body.split("<Size>")
+            .skip(1)
+            .filter_map(|s| s.split("</Size>").next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Multipart uploads started in `bucket` and neither completed nor aborted (their keys).
     pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
         let body = http()

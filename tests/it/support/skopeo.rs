@@ -73,3 +73,27 @@ pub fn copied_arch(dir: &Path) -> String {
         None => config["architecture"].as_str().unwrap().to_string(),
     }
 }
+
+/// Like [`run`], with more environment (a proxy, say).
+pub fn run_env(args: &[&str], env: &[(String, String)]) -> Output {
+    let out = Command::new("skopeo")
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .expect("skopeo must be installed (make test installs it)");
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The digest of the manifest skopeo copied into the OCI layout at `dir`.
+pub fn copied_manifest(dir: &Path) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"]
+        .as_str()
+        .expect("a manifest in index.json")
+        .to_string()
+}
