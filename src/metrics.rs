@@ -29,16 +29,23 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     /// upstream
     pub upstream_duration: HistogramVec,
+    /// `archway_fills_in_flight`: blob fills from upstream in progress.
     pub fills_in_flight: IntGauge,
+    /// `archway_fill_waiters_total`: requests that joined a fill already in progress.
     pub fill_waiters: IntCounter,
     /// reason: digest_mismatch, size_mismatch, not_found, upstream
     pub fill_failures: IntCounterVec,
+    /// `archway_stale_serves_total`: tags served stale because the upstream failed.
     pub stale_serves: IntCounter,
+    /// `archway_synthesized_indexes_total`: indexes built with fallback images.
     pub synthesized: IntCounter,
+    /// `archway_fallbacks_refused_total`: fallback images left out of an index.
     pub fallbacks_refused: IntCounter,
+    /// `archway_cache_size_bytes`: content in the store; kept only with `storage.max_size`.
     pub cache_size: IntGauge,
     /// kind: manifest, content
     pub evictions: IntCounterVec,
+    /// `archway_cache_evicted_bytes_total`: content bytes the bounded cache deleted.
     pub evicted_bytes: IntCounter,
     /// outcome: ok, error
     pub gc_runs: IntCounterVec,

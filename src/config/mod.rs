@@ -37,6 +37,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/archway.toml");
 pub struct ConfigError {
     /// The TOML path (`upstream[1].url`); empty for the file as a whole.
     pub key: String,
+    /// What is wrong with the value, in words an admin can act on.
     pub reason: String,
 }
 
@@ -55,6 +56,7 @@ impl fmt::Display for ConfigError {
 pub struct ConfigErrors {
     /// The file (or `<embedded default>`).
     pub source: String,
+    /// Every problem found, in the order the sections were checked.
     pub errors: Vec<ConfigError>,
 }
 
@@ -97,8 +99,11 @@ struct RawConfig {
 pub struct Config {
     /// Where this config came from (a path, or `<embedded default>`), for messages.
     pub source: String,
+    /// `[server]`: the registry listener, its TLS files and the shutdown grace period.
     pub server: ServerConfig,
+    /// `[storage]`: where the cache lives, the backend's settings and the bounded cache.
     pub storage: StorageConfig,
+    /// `[cache]`: how long tags are trusted, stale serving, and the manifest memory budget.
     pub cache: CacheConfig,
     /// In config order; a route names an upstream by its index here.
     pub upstreams: Vec<UpstreamConfig>,
@@ -106,6 +111,7 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Client authentication on the registry port, when configured.
     pub auth: Option<AuthConfig>,
+    /// `[multiarch]`: the platform served to clients that cannot read an index.
     pub multiarch: MultiarchConfig,
     /// In config order: the first rule that covers a repository applies.
     pub fallbacks: Vec<FallbackConfig>,

@@ -41,7 +41,9 @@ pub struct ServerConfig {
 /// A certificate chain and its private key, both PEM files.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
+    /// `server.tls.cert`: the certificate chain; a relative path is from the config's directory.
     pub cert: PathBuf,
+    /// `server.tls.key`: the private key for that chain.
     pub key: PathBuf,
 }
 

@@ -48,8 +48,11 @@ struct RawAzure {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageConfig {
+    /// `storage.url`: the backend and bucket, container or directory (default `file://./data`).
     pub url: StorageUrl,
+    /// `[storage.s3]`; only accepted when `storage.url` is an `s3://` URL.
     pub s3: S3Config,
+    /// `[storage.azure]`; only accepted when `storage.url` is an `az://` URL.
     pub azure: AzureConfig,
     /// Where in-flight blob fills are spooled for concurrent readers.
     pub spool_dir: PathBuf,
@@ -85,10 +88,16 @@ impl fmt::Display for StorageUrl {
 /// set here wins over the environment.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct S3Config {
+    /// `storage.s3.endpoint`: the S3 API's base URL, for a regional host, MinIO or Ceph RGW.
     pub endpoint: Option<String>,
+    /// `storage.s3.region`, such as `eu-west-1`.
     pub region: Option<String>,
+    /// `storage.s3.allow_http`: permit a plain `http://` endpoint (a local MinIO, say).
     pub allow_http: Option<bool>,
+    /// `storage.s3.virtual_hosted_style`: address the bucket as a host name (`BUCKET.endpoint`)
+    /// instead of as the first path segment.
     pub virtual_hosted_style: Option<bool>,
+    /// `storage.s3.access_key_id`; its secret comes from `secret_access_key_file`.
     pub access_key_id: Option<String>,
     /// Read from `secret_access_key_file`; never printed.
     pub secret_access_key: Option<String>,
@@ -114,11 +123,15 @@ impl fmt::Debug for S3Config {
 /// value set here wins over the environment.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct AzureConfig {
+    /// `storage.azure.account`: the storage account's name.
     pub account: Option<String>,
     /// Read from `access_key_file`; never printed.
     pub access_key: Option<String>,
+    /// `storage.azure.endpoint`; Azure's default is `https://ACCOUNT.blob.core.windows.net`.
     pub endpoint: Option<String>,
+    /// `storage.azure.allow_http`: permit a plain `http://` endpoint.
     pub allow_http: Option<bool>,
+    /// `storage.azure.use_emulator`: talk to a local Azurite emulator instead of Azure.
     pub use_emulator: Option<bool>,
 }
 

@@ -43,11 +43,13 @@ pub struct UpstreamConfig {
     pub hosts: Vec<String>,
     /// Whether names without a registry prefix go here.
     pub default: bool,
+    /// `username`: with `password`, sent as Basic auth or to the upstream's token endpoint.
     pub username: Option<String>,
     /// Read from `password_file` at load time; never printed.
     pub password: Option<String>,
     /// Extra CA certificates to trust (PEM), read from `ca_file`.
     pub ca_pem: Option<Vec<u8>>,
+    /// `insecure_skip_verify`: accept the upstream's TLS certificate without verifying it.
     pub insecure_skip_verify: bool,
     /// TCP and TLS connect timeout.
     pub connect_timeout: Duration,

@@ -82,9 +82,13 @@ struct TagTarget {
 /// What a run found and did.
 #[derive(Debug)]
 pub struct Report {
+    /// What was evicted (in a dry run, what would be), and the sizes before and after.
     pub plan: Plan,
+    /// The limit planned against, in bytes: `storage.max_size`, or `archway gc --max-size`.
     pub max_size: u64,
+    /// Content objects under `blobs/` when the run listed the store.
     pub objects: usize,
+    /// Nothing was deleted: the plan only says what a real run would do.
     pub dry_run: bool,
     /// Deletions that failed (the next run retries them).
     pub errors: usize,
@@ -373,17 +377,7 @@ impl Collector {
                         evicted(r.clone()).await;
                     }
                     // Counted last: whoever watches these sees a run whose effects are done.
-                    metrics.cache_size.set(r.plan.size_after as i64);
-                    metrics
-                        .evictions
-                        .with_label_values(&["manifest"])
-                        .inc_by(r.plan.roots.len() as u64);
-                    metrics
-                        .evictions
-                        .with_label_values(&["content"])
-                        .inc_by(r.plan.content.len() as u64);
-                    metrics.evicted_bytes.inc_by(r.plan.freed());
-                    metrics.gc_runs.with_label_values(&["ok"]).inc();
+                    count(&metrics, &r);
                 }
                 Err(e) => {
                     metrics.gc_runs.with_label_values(&["error"]).inc();
@@ -408,6 +402,21 @@ impl Collector {
             tracing::warn!(error = %crate::causes::Chain(&e), "cannot write access times; keeping them for the next attempt");
         }
     }
+}
+
+/// A finished run, in the metrics.
+fn count(metrics: &Metrics, r: &Report) {
+    metrics.cache_size.set(r.plan.size_after as i64);
+    let evictions = |kind: &str, n: usize| {
+        metrics
+            .evictions
+            .with_label_values(&[kind])
+            .inc_by(n as u64)
+    };
+    evictions("manifest", r.plan.roots.len());
+    evictions("content", r.plan.content.len());
+    metrics.evicted_bytes.inc_by(r.plan.freed());
+    metrics.gc_runs.with_label_values(&["ok"]).inc();
 }
 
 fn failed(errors: &mut usize, what: &Path, e: crate::error::Error) {

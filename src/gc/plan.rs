@@ -20,8 +20,11 @@ use crate::oci::{Digest, RepoName};
 /// A manifest linked to a repository: what a pull names, and what eviction removes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RootKey {
+    /// The upstream's configured name, the key segment after `repositories/`.
     pub upstream: Arc<str>,
+    /// The repository as that upstream names it.
     pub repo: RepoName,
+    /// Of the manifest the link names.
     pub digest: Digest,
 }
 
@@ -34,7 +37,9 @@ impl std::fmt::Display for RootKey {
 /// A content object: its size and when it was written (epoch millis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Object {
+    /// In bytes, as the store lists it.
     pub size: u64,
+    /// The store's last-modified time, in epoch milliseconds.
     pub modified: u64,
 }
 
@@ -55,14 +60,18 @@ pub struct Inventory {
 /// Last-use times recorded by the replicas (epoch millis).
 #[derive(Debug, Default, Clone)]
 pub struct Atimes {
+    /// When each manifest was last served from its repository.
     pub roots: HashMap<RootKey, u64>,
+    /// When each blob was last served, from whichever repository.
     pub blobs: HashMap<Digest, u64>,
 }
 
 /// The outcome of planning.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// Bytes of content in the store when planning began.
     pub size_before: u64,
+    /// Bytes left once the plan is carried out; above `max_size` when it stopped short.
     pub size_after: u64,
     /// Roots to unlink, least recently used first, with their last use.
     pub roots: Vec<(RootKey, u64)>,

@@ -33,6 +33,7 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error
 /// What requests are answered with: the registry, and the client authentication of the
 /// same configuration. Replaced whole on reload.
 pub struct Front {
+    /// The mirror built from this configuration, which answers the registry API.
     pub registry: Arc<Registry>,
     auth: Option<ClientAuth>,
 }

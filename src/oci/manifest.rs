@@ -14,10 +14,14 @@ pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// The `mediaType` as written; empty when the descriptor has none.
     #[serde(default)]
     pub media_type: String,
+    /// Of the referenced content, which a fetch of it must match.
     pub digest: Digest,
+    /// Of the referenced content, in bytes, as the descriptor declares it.
     pub size: u64,
+    /// An index entry's `platform` object; `None` elsewhere.
     #[serde(default)]
     pub platform: Option<PlatformField>,
 }
@@ -25,10 +29,13 @@ pub struct Descriptor {
 /// The `platform` object of an index entry, kept as written.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 pub struct PlatformField {
+    /// As written (`linux`, `windows`); empty when missing.
     #[serde(default)]
     pub os: String,
+    /// As written (`amd64`, `arm64`); empty when missing.
     #[serde(default)]
     pub architecture: String,
+    /// As written (`v7`, `v8`), when the entry has one.
     #[serde(default)]
     pub variant: Option<String>,
 }

@@ -8,11 +8,15 @@ use std::str::FromStr;
 /// A platform as the image spec's index `platform` object describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Platform {
+    /// `linux`, `windows`, ...; normalizing lower-cases it and makes `macos` `darwin`.
     pub os: String,
+    /// `amd64`, `arm64`, `arm`, ...; normalizing maps aliases such as `x86_64` to these.
     pub architecture: String,
     /// Empty when none (or when it is the architecture's default, such as arm64's v8).
     pub variant: String,
+    /// The image spec's `os.version` (a Windows build); only compared on Windows.
     pub os_version: Option<String>,
+    /// The image spec's `os.features`; a candidate's must all be among ours to match.
     pub os_features: Vec<String>,
 }
 

@@ -23,7 +23,9 @@ pub struct BlobBody {
     pub size: Option<u64>,
     /// The part being sent, for a satisfied range request.
     pub range: Option<Range<u64>>,
+    /// The bytes to send: the whole blob, or just `range`.
     pub stream: ByteStream,
+    /// Where the bytes come from, for the access log and `archway_served_bytes_total`.
     pub provenance: Provenance,
 }
 

@@ -26,8 +26,12 @@ use crate::storage::Store;
 /// A manifest as served: the upstream's exact bytes, their digest and media type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// Of `bytes`: verified on fetch and on load, computed for a synthesized index.
     pub digest: Digest,
+    /// Sent as `Content-Type`: the upstream's, or the JSON's `mediaType` when that was
+    /// absent or generic.
     pub media_type: String,
+    /// Exactly as the upstream sent them, or as built here for a synthesized index.
     pub bytes: Bytes,
 }
 
@@ -347,7 +351,7 @@ mod tests {
         let img = testing::Image::new("linux/amd64", 1);
         img.push(&f.hub, "team/app", "v1");
         let route = f.route("team/app");
-        let m = f.registry.manifests.get(&route, &tag("v1")).await.unwrap();
+        let m = f.tag("team/app", "v1").await;
         assert_eq!(m.provenance, Provenance::Upstream);
         assert_eq!(m.value.digest, img.digest);
         assert_eq!(
@@ -355,7 +359,7 @@ mod tests {
             &img.manifest[..],
             "the upstream's bytes"
         );
-        let again = f.registry.manifests.get(&route, &tag("v1")).await.unwrap();
+        let again = f.tag("team/app", "v1").await;
         assert_eq!(again.provenance, Provenance::Cache);
         assert_eq!(f.hub.count("GET team/app/manifests/v1"), 1);
         assert_eq!(
@@ -378,20 +382,9 @@ mod tests {
             testing::Image::new("linux/amd64", 2),
         );
         a.push(&f.hub, "app", "latest");
-        let route = f.route("app");
-        let m = f
-            .registry
-            .manifests
-            .get(&route, &tag("latest"))
-            .await
-            .unwrap();
+        let m = f.tag("app", "latest").await;
         assert_eq!(m.value.digest, a.digest);
-        let m = f
-            .registry
-            .manifests
-            .get(&route, &tag("latest"))
-            .await
-            .unwrap();
+        let m = f.tag("app", "latest").await;
         assert_eq!(
             (m.provenance, &m.value.digest),
             (Provenance::Cache, &a.digest)
@@ -399,12 +392,7 @@ mod tests {
         assert_eq!(f.hub.count("HEAD app/manifests/latest"), 1);
         assert_eq!(f.hub.count("GET app/manifests/latest"), 1);
         b.push(&f.hub, "app", "latest");
-        let m = f
-            .registry
-            .manifests
-            .get(&route, &tag("latest"))
-            .await
-            .unwrap();
+        let m = f.tag("app", "latest").await;
         assert_eq!(
             (m.provenance, &m.value.digest),
             (Provenance::Upstream, &b.digest)
@@ -419,7 +407,7 @@ mod tests {
             let img = testing::Image::new("linux/amd64", 3);
             img.push(&f.hub, "app", "v1");
             let route = f.route("app");
-            f.registry.manifests.get(&route, &tag("v1")).await.unwrap();
+            f.tag("app", "v1").await;
             for status in [503, 500, 429] {
                 f.hub.set_down(Some(status));
                 let got = f.registry.manifests.get(&route, &tag("v1")).await;
@@ -428,7 +416,7 @@ mod tests {
                     assert_eq!(m.provenance, Provenance::Stale, "{status}");
                     assert_eq!(m.value.digest, img.digest);
                     f.hub.set_down(None);
-                    let next = f.registry.manifests.get(&route, &tag("v1")).await.unwrap();
+                    let next = f.tag("app", "v1").await;
                     assert_eq!(next.provenance, Provenance::Cache, "revalidated once back");
                 } else {
                     let e = got.unwrap_err();

@@ -51,9 +51,13 @@ type TagKey = (usize, RepoName, Tag);
 /// the access times not yet written out.
 #[derive(Clone)]
 pub struct Shared {
+    /// The object store the cache lives in (`storage.url`).
     pub store: Store,
+    /// Kept across reloads, so counters do not reset.
     pub metrics: Metrics,
+    /// Blob fills in flight, which a reload must not interrupt.
     pub fills: Fills,
+    /// Access times not yet written to the store's journals, for the bounded cache.
     pub access: Arc<AccessLog>,
 }
 
@@ -76,8 +80,11 @@ impl Shared {
 
 /// Everything a running mirror serves from, built from a [`Config`] (again on each reload).
 pub struct Registry {
+    /// The configuration this registry was built from.
     pub config: Config,
+    /// The same store as `Shared::store`; the admin listener's `/readyz` probes it.
     pub store: Store,
+    /// The same as `Shared::metrics`; the admin listener's `/metrics` renders them.
     pub metrics: Metrics,
     router: Router,
     upstreams: Arc<Upstreams>,

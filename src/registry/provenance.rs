@@ -39,7 +39,9 @@ impl Provenance {
 /// A value and where it came from.
 #[derive(Debug, Clone)]
 pub struct Served<T> {
+    /// The answer itself: a manifest, a resolved tag, ...
     pub value: T,
+    /// Where it came from, for the access log's `cache=` field.
     pub provenance: Provenance,
 }
 

@@ -36,7 +36,9 @@ const MAX_CONFIG_SIZE: usize = 4 * 1024 * 1024;
 /// What one platform of a tag resolves to.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlatformRow {
+    /// Normalized `os/architecture[/variant]`, such as `linux/arm/v7`.
     pub platform: String,
+    /// Of the entry's manifest; `None` when the fallback was refused.
     pub digest: Option<String>,
     /// `upstream index`, `upstream manifest`, or the fallback reference.
     pub source: String,
@@ -47,17 +49,25 @@ pub struct PlatformRow {
 /// How a tag resolves: the rows, and the manifest archway serves for it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Resolution {
+    /// `UPSTREAM/REPO`: the upstream's configured name, then the repository as it names it.
     pub repository: String,
+    /// As the client or `archway inspect` named it.
     pub tag: String,
+    /// Of the manifest served for the tag: the synthesized index, when there is one.
     pub digest: String,
+    /// Of the manifest served for the tag.
     pub media_type: String,
+    /// Whether archway built an index with fallback images instead of serving the upstream's.
     pub synthesized: bool,
+    /// One row per platform: the upstream's entries, then each fallback admitted or refused.
     pub platforms: Vec<PlatformRow>,
 }
 
 /// A resolved tag: the manifest to serve and how it came about.
 pub struct Resolved {
+    /// What a client pulling the tag receives.
     pub manifest: Arc<Manifest>,
+    /// How it came about, for `archway inspect` and the admin listener's `/inspect`.
     pub report: Resolution,
 }
 
@@ -638,12 +648,7 @@ repository = "hub.test/app/go"
         amd64.push(&f.hub, "app/go", "latest");
         let s390x = Image::new("linux/s390x", 31);
         s390x.push(&f.hub, "app/go", "s390x-latest");
-        let r = f
-            .registry
-            .synthesis
-            .resolve(&f.route("app/go"), &latest())
-            .await
-            .unwrap();
+        let r = f.resolve("app/go").await;
         assert!(r.value.report.synthesized);
         assert_eq!(
             entries(&r.value.manifest),
@@ -686,12 +691,7 @@ repository = "hub.test/app/go"
         ];
         let pairs: Vec<(&str, &Image)> = platforms.iter().copied().zip(images.iter()).collect();
         let own = push_index(&f.hub, "app/go", "latest", &pairs);
-        let r = f
-            .registry
-            .synthesis
-            .resolve(&f.route("app/go"), &latest())
-            .await
-            .unwrap();
+        let r = f.resolve("app/go").await;
         assert!(!r.value.report.synthesized);
         assert_eq!(r.provenance, Provenance::Upstream);
         assert_eq!(&r.value.manifest.bytes[..], &own[..]);
@@ -720,12 +720,7 @@ repository = "hub.test/app/go"
         // arm/v7 is asked for, but the fallback's index has arm/v6 only: no substitute.
         let armv6 = Image::new("linux/arm/v6", 53);
         push_index(&f.quay, "arm32v7/go", "latest", &[("linux/arm/v6", &armv6)]);
-        let r = f
-            .registry
-            .synthesis
-            .resolve(&f.route("app/go"), &latest())
-            .await
-            .unwrap();
+        let r = f.resolve("app/go").await;
         assert_eq!(
             entries(&r.value.manifest),
             [
@@ -751,23 +746,13 @@ repository = "hub.test/app/go"
         let f = Fixture::with("1h", "", RULES);
         Image::docker("linux/amd64", 60).push(&f.hub, "app/go", "latest");
         Image::docker("linux/s390x", 61).push(&f.hub, "app/go", "s390x-latest");
-        let r = f
-            .registry
-            .synthesis
-            .resolve(&f.route("app/go"), &latest())
-            .await
-            .unwrap();
+        let r = f.resolve("app/go").await;
         assert_eq!(r.value.manifest.media_type, DOCKER_LIST);
         // One OCI child makes it an OCI index.
         let f2 = Fixture::with("1h", "", RULES);
         Image::docker("linux/amd64", 60).push(&f2.hub, "app/go", "latest");
         Image::new("linux/arm/v7", 62).push(&f2.quay, "arm32v7/go", "latest");
-        let r = f2
-            .registry
-            .synthesis
-            .resolve(&f2.route("app/go"), &latest())
-            .await
-            .unwrap();
+        let r = f2.resolve("app/go").await;
         assert_eq!(r.value.manifest.media_type, OCI_INDEX);
     }
 

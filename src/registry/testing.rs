@@ -6,11 +6,14 @@ use std::sync::Arc;
 use serde_json::json;
 use tempfile::TempDir;
 
+use super::manifests::Manifest;
+use super::provenance::Served;
+use super::synthesis::Resolved;
 use super::upstreams::Upstreams;
 use super::{Registry, Shared};
 use crate::config::Config;
 use crate::oci::media::{DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST};
-use crate::oci::Digest;
+use crate::oci::{Digest, Reference, Tag};
 use crate::routing::Route;
 use crate::storage::Store;
 use crate::upstream::memory::MemoryUpstream;
@@ -97,6 +100,26 @@ hosts = ["quay.io"]
         self.registry
             .route(&name.parse().expect("name"), None)
             .expect("route")
+    }
+
+    /// The manifest `repo:tag` serves (no synthesis), which must exist.
+    pub(crate) async fn tag(&self, repo: &str, tag: &str) -> Served<Arc<Manifest>> {
+        let reference = Reference::Tag(tag.parse().expect("tag"));
+        self.registry
+            .manifests
+            .get(&self.route(repo), &reference)
+            .await
+            .expect("the manifest")
+    }
+
+    /// How `repo:latest` resolves, which must succeed.
+    pub(crate) async fn resolve(&self, repo: &str) -> Served<Arc<Resolved>> {
+        let latest: Tag = "latest".parse().expect("tag");
+        self.registry
+            .synthesis
+            .resolve(&self.route(repo), &latest)
+            .await
+            .expect("a resolution")
     }
 }
 

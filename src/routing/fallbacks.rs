@@ -85,7 +85,9 @@ impl Rule {
 pub struct FallbackRef {
     /// The expanded reference, as written in annotations and logs.
     pub reference: String,
+    /// The upstream and repository the reference routes to.
     pub route: Route,
+    /// The tag part of the expanded reference.
     pub tag: Tag,
 }
 

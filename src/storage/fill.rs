@@ -26,6 +26,7 @@ use crate::oci::Digest;
 pub struct FillSource {
     /// The announced length, when the upstream sent one.
     pub size: Option<u64>,
+    /// The body, unverified: the fill checks it against the digest.
     pub stream: BoxStream<'static, Result<Bytes>>,
 }
 
@@ -54,13 +55,17 @@ pub enum Phase {
 
 #[derive(Clone, Debug)]
 pub struct Progress {
+    /// The blob's length in bytes, when the upstream announced one.
     pub size: Option<u64>,
+    /// Bytes spooled so far. Readers get all but the last one until the digest verifies.
     pub written: u64,
+    /// Where the fill stands; readers wake on each change.
     pub phase: Phase,
 }
 
 /// One in-flight fill.
 pub struct Fill {
+    /// Of the blob being fetched: its bytes must hash to this before they are published.
     pub digest: Digest,
     /// Who started it (`upstream/repository`); other repositories must prove access first.
     pub origin: String,

@@ -78,8 +78,11 @@ pub fn parse_blob(p: &Path) -> Option<Digest> {
 /// What a key under `repositories/` records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepoEntry {
+    /// The upstream's configured name, the key segment after `repositories/`.
     pub upstream: String,
+    /// The repository as that upstream names it: the segments before the `_` one.
     pub repo: RepoName,
+    /// Which record the key holds, with the digest or tag it is for.
     pub kind: RepoEntryKind,
 }
 

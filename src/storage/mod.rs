@@ -5,6 +5,7 @@
 //! another replica on the same bucket) serves it without the upstream. The in-memory caches in
 //! `registry` only front this.
 
+mod backend;
 pub mod fill;
 pub mod layout;
 pub mod records;
@@ -18,8 +19,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -123,79 +122,46 @@ impl Store {
             url: cfg.url.to_string(),
             source,
         };
+        match &cfg.url {
+            StorageUrl::S3 { bucket, prefix } => {
+                let s3 = backend::s3(bucket, &cfg.s3).map_err(backend)?;
+                Ok(Store::remote(s3, prefix, cfg, false))
+            }
+            StorageUrl::Azure { container, prefix } => {
+                let az = backend::azure(container, &cfg.azure).map_err(backend)?;
+                Ok(Store::remote(az, prefix, cfg, true))
+            }
+            StorageUrl::Memory => Ok(Store::from_object_store(
+                Arc::new(InMemory::new()),
+                cfg.spool_dir.clone(),
+            )),
+            StorageUrl::File(dir) => Store::local(dir, cfg),
+        }
+    }
+
+    /// A store in a local directory: blobs are staged in `.staging/` beside their place and
+    /// renamed in, so what a crashed process left there is cleaned up here.
+    fn local(dir: &std::path::Path, cfg: &StorageConfig) -> Result<Store, OpenError> {
         let directory = |path: &std::path::Path| {
             let path = path.to_path_buf();
             move |source| OpenError::Directory { path, source }
         };
-        match &cfg.url {
-            StorageUrl::S3 { bucket, prefix } => {
-                let s3 = &cfg.s3;
-                let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
-                if let Some(v) = &s3.endpoint {
-                    b = b.with_endpoint(v);
-                }
-                if let Some(v) = &s3.region {
-                    b = b.with_region(v);
-                }
-                if let Some(v) = s3.allow_http {
-                    b = b.with_allow_http(v);
-                }
-                if let Some(v) = s3.virtual_hosted_style {
-                    b = b.with_virtual_hosted_style_request(v);
-                }
-                if let Some(v) = &s3.access_key_id {
-                    b = b.with_access_key_id(v);
-                }
-                if let Some(v) = &s3.secret_access_key {
-                    b = b.with_secret_access_key(v);
-                }
-                let s3 = b.build().map_err(backend)?;
-                Ok(Store::remote(s3, prefix, cfg, false))
-            }
-            StorageUrl::Azure { container, prefix } => {
-                let az = &cfg.azure;
-                let mut b = MicrosoftAzureBuilder::from_env().with_container_name(container);
-                if let Some(v) = &az.account {
-                    b = b.with_account(v);
-                }
-                if let Some(v) = &az.access_key {
-                    b = b.with_access_key(v);
-                }
-                if let Some(v) = &az.endpoint {
-                    b = b.with_endpoint(v.clone());
-                }
-                if let Some(v) = az.allow_http {
-                    b = b.with_allow_http(v);
-                }
-                if let Some(v) = az.use_emulator {
-                    b = b.with_use_emulator(v);
-                }
-                let az = b.build().map_err(backend)?;
-                Ok(Store::remote(az, prefix, cfg, true))
-            }
-            StorageUrl::Memory => Ok(Store {
-                os: Arc::new(InMemory::new()),
-                meter: Default::default(),
-                local_root: None,
-                spool_dir: cfg.spool_dir.clone(),
-                aborts_leave_parts: false,
-            }),
-            StorageUrl::File(dir) => {
-                std::fs::create_dir_all(dir).map_err(directory(dir))?;
-                let root = std::fs::canonicalize(dir).map_err(directory(dir))?;
-                let fs = LocalFileSystem::new_with_prefix(&root).map_err(backend)?;
-                let staging = root.join(sink::LOCAL_STAGING_DIR);
-                std::fs::create_dir_all(&staging).map_err(directory(&staging))?;
-                sink::clean_stale_staging(&staging);
-                Ok(Store {
-                    os: Arc::new(fs),
-                    meter: Default::default(),
-                    local_root: Some(root),
-                    spool_dir: cfg.spool_dir.clone(),
-                    aborts_leave_parts: false,
-                })
-            }
-        }
+        std::fs::create_dir_all(dir).map_err(directory(dir))?;
+        let root = std::fs::canonicalize(dir).map_err(directory(dir))?;
+        let fs = LocalFileSystem::new_with_prefix(&root).map_err(|source| OpenError::Backend {
+            url: cfg.url.to_string(),
+            source,
+        })?;
+        let staging = root.join(sink::LOCAL_STAGING_DIR);
+        std::fs::create_dir_all(&staging).map_err(directory(&staging))?;
+        sink::clean_stale_staging(&staging);
+        Ok(Store {
+            os: Arc::new(fs),
+            meter: Default::default(),
+            local_root: Some(root),
+            spool_dir: cfg.spool_dir.clone(),
+            aborts_leave_parts: false,
+        })
     }
 
     /// A store on a remote object store, under `prefix`.

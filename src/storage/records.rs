@@ -10,8 +10,11 @@ use crate::oci::Digest;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TagRecord {
+    /// Of the manifest the tag pointed at.
     pub digest: Digest,
+    /// Of that manifest, sent as `Content-Type` when it is served from the cache.
     pub media_type: String,
+    /// Of that manifest, in bytes.
     pub size: u64,
     /// Milliseconds since the Unix epoch. Wall-clock, because replicas share the record.
     pub checked_at: u64,
@@ -31,8 +34,11 @@ pub struct Source {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ManifestLink {
+    /// Of the manifest, sent as `Content-Type` when it is served from the cache.
     pub media_type: String,
+    /// Of the manifest, in bytes.
     pub size: u64,
+    /// Where the manifest was fetched from, when not this repository; omitted otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
 }
@@ -40,7 +46,9 @@ pub struct ManifestLink {
 /// A blob that belongs to a repository.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BlobLink {
+    /// Of the blob, in bytes.
     pub size: u64,
+    /// Where to fetch the blob from, when not this repository; omitted otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Source>,
 }

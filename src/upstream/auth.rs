@@ -87,7 +87,9 @@ fn parse_params(s: &str) -> HashMap<String, String> {
 /// Username and password for an upstream.
 #[derive(Clone)]
 pub struct Credentials {
+    /// The upstream's `username` key.
     pub username: String,
+    /// Read from the upstream's `password_file`; never logged.
     pub password: String,
 }
 
@@ -110,7 +112,9 @@ impl Credentials {
 /// A bearer token and when to stop using it.
 #[derive(Clone)]
 pub struct Token {
+    /// Sent as `Authorization: Bearer`; never logged.
     pub value: String,
+    /// A little before the lifetime the token endpoint gave runs out, so it never dies in flight.
     pub expires: Instant,
 }
 

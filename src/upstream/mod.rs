@@ -33,15 +33,20 @@ pub use error::{Failure, UpstreamError};
 /// What a manifest HEAD says.
 #[derive(Debug, Clone)]
 pub struct ManifestHead {
+    /// `Docker-Content-Digest`: what revalidating a tag compares with its record.
     pub digest: Option<Digest>,
+    /// `Content-Type`, as the upstream sent it.
     pub media_type: Option<String>,
+    /// `Content-Length`, in bytes.
     pub size: Option<u64>,
 }
 
 /// A fetched manifest, bytes exactly as sent.
 #[derive(Debug, Clone)]
 pub struct FetchedManifest {
+    /// The body, at most `MAX_MANIFEST_SIZE` bytes.
     pub bytes: Bytes,
+    /// `Content-Type`, as the upstream sent it.
     pub media_type: Option<String>,
     /// `Docker-Content-Digest` as the upstream declared it.
     pub digest: Option<Digest>,
@@ -51,13 +56,16 @@ pub struct FetchedManifest {
 pub struct BlobDownload {
     /// `Content-Length`, when the upstream sent one.
     pub size: Option<u64>,
+    /// The body as it arrives, not yet checked against the digest.
     pub stream: BoxStream<'static, Result<Bytes, UpstreamError>>,
 }
 
 /// A tag list page, passed through.
 #[derive(Debug, Clone)]
 pub struct TagPage {
+    /// The `/tags/list` JSON.
     pub body: Bytes,
+    /// The `Link` header naming the next page, passed on to the client.
     pub link: Option<String>,
 }
 
@@ -87,6 +95,7 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
 
 /// The HTTP client for one configured upstream.
 pub struct Upstream {
+    /// The configured `name`, for messages and metric labels.
     pub name: String,
     base: Url,
     http: reqwest::Client,

@@ -165,13 +165,17 @@ impl Archway {
 
     /// Sends SIGTERM and returns at once.
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    fn signal(&self, name: &str) {
         let pid = self.pid().expect("running").to_string();
         let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{name}"), &pid])
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
-        assert!(ok, "kill -TERM {pid}");
+        assert!(ok, "kill -{name} {pid}");
     }
 
     /// Waits for the process to exit; whether it exited cleanly.
@@ -295,13 +299,7 @@ impl Archway {
 
     /// Asks the process to reload its config.
     pub fn sighup(&self) {
-        let pid = self.pid().expect("running").to_string();
-        let ok = std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill -HUP {pid}");
+        self.signal("HUP");
     }
 
     pub fn cache_dir(&self) -> PathBuf {

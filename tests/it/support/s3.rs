@@ -80,59 +80,50 @@ impl S3 {
 
     /// Bytes stored in `bucket` under `prefix`.
     pub async fn total_size(&self, bucket: &str, prefix: &str) -> u64 {
-        let body = http()
-            .get(format!(
-                "{}/{bucket}?list-type=2&prefix={prefix}",
-                self.url()
-            ))
-            .send()
-            .await
-            .expect("list")
-            .text()
-            .await
-            .expect("list body");
-        body.split("<Size>")
-            .skip(1)
-            .filter_map(|s| s.split("</Size>").next()?.parse::<u64>().ok())
+        let body = self
+            .get(bucket, &format!("list-type=2&prefix={prefix}"))
+            .await;
+        elements(&body, "Size")
+            .iter()
+            .filter_map(|s| s.parse::<u64>().ok())
             .sum()
     }
 
-    /// Multipart uploads started in `bucket` and neither completed nor aborted (their keys).
+    /// Multipart uploads started in `bucket` and neither completed nor aborted (their keys:
+    /// each `<Upload>` names one, and the listing has no other `<Key>`).
     pub async fn pending_uploads(&self, bucket: &str) -> Vec<String> {
-        let body = http()
-            .get(format!("{}/{bucket}?uploads", self.url()))
-            .send()
-            .await
-            .expect("list uploads")
-            .text()
-            .await
-            .expect("list uploads body");
-        body.split("<Upload>")
-            .skip(1)
-            .filter_map(|u| u.split("<Key>").nth(1)?.split("</Key>").next())
-            .map(str::to_string)
-            .collect()
+        elements(&self.get(bucket, "uploads").await, "Key")
     }
 
     /// Keys in `bucket` under `prefix`, via the S3 list API.
     pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        let body = http()
-            .get(format!(
-                "{}/{bucket}?list-type=2&prefix={prefix}",
-                self.url()
-            ))
+        let body = self
+            .get(bucket, &format!("list-type=2&prefix={prefix}"))
+            .await;
+        elements(&body, "Key")
+    }
+
+    /// A bucket-level GET (a listing): its XML.
+    async fn get(&self, bucket: &str, query: &str) -> String {
+        http()
+            .get(format!("{}/{bucket}?{query}", self.url()))
             .send()
             .await
             .expect("list")
             .text()
             .await
-            .expect("list body");
-        body.split("<Key>")
-            .skip(1)
-            .filter_map(|s| s.split("</Key>").next())
-            .map(str::to_string)
-            .collect()
+            .expect("list body")
     }
+}
+
+/// The text of every `<name>` element of an XML answer.
+fn elements(xml: &str, name: &str) -> Vec<String> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|s| s.split(&close).next())
+        .map(str::to_string)
+        .collect()
 }
 
 impl Drop for S3 {

@@ -12,15 +12,7 @@ pub struct Output {
 }
 
 pub fn run(args: &[&str]) -> Output {
-    let out = Command::new("skopeo")
-        .args(args)
-        .output()
-        .expect("skopeo must be installed (make test installs it)");
-    Output {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_env(args, &[])
 }
 
 /// `skopeo copy docker://SRC oci:DIR:latest` over plain HTTP.
