@@ -24,7 +24,7 @@
 //! | rank | modules | what they hold |
 //! |---|---|---|
 //! | 0 | `oci` `clock` `causes` `range` `singleflight` | OCI types and grammar; time; error chains; byte ranges; call merging |
-//! | 1 | `tls` `metrics` | certificates; Prometheus metrics |
+//! | 1 | `tls` `signing` `metrics` | certificates; archway's signing key; Prometheus metrics |
 //! | 2 | `config` | the validated TOML configuration |
 //! | 3 | `upstream` | the client for upstream registries |
 //! | 4 | `error` | the errors a request can end in |
@@ -50,6 +50,7 @@ pub mod range;
 pub mod registry;
 pub mod routing;
 pub mod server;
+pub mod signing;
 pub mod singleflight;
 pub mod storage;
 pub mod tls;

@@ -1,4 +1,4 @@
-//! The `archway` command: `serve`, `check-config`, `inspect`, `gc`.
+//! The `archway` command: `serve`, `check-config`, `inspect`, `gc`, `signing-key`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -66,6 +66,11 @@ enum Command {
         #[arg(long)]
         max_size: Option<String>,
     },
+    /// Make or read the key archway signs the indexes it synthesizes with.
+    SigningKey {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Show how a tag resolves platform by platform, and the index digest archway serves.
     Inspect {
         /// Config file. Default: as for `serve`.
@@ -76,6 +81,21 @@ enum Command {
         json: bool,
         /// REGISTRY/REPOSITORY:TAG, e.g. docker.io/thinklab/go-hello-world:latest
         reference: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// Write a new ECDSA P-256 key (PKCS#8 PEM, mode 0600) and its public key to FILE.pub.
+    Generate {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the public key (SubjectPublicKeyInfo PEM) of a private key file.
+    Public {
+        /// The private key (PKCS#8 or SEC1 PEM).
+        key: PathBuf,
     },
 }
 
@@ -120,6 +140,43 @@ fn serve(config: Option<&Path>) -> Result<(), Failure> {
     Ok(())
 }
 
+fn signing_key(action: &KeyAction) -> Result<(), Failure> {
+    use archway::signing::SigningKey;
+    let failed = |e: &archway::signing::KeyError| Failure::from(Chain(e).to_string());
+    match action {
+        KeyAction::Generate { out } => {
+            let key = SigningKey::generate();
+            let private = key.private_pem().map_err(|e| failed(&e))?;
+            let public = key.public_pem().map_err(|e| failed(&e))?;
+            write_private(out, &private)
+                .map_err(|e| Failure::from(format!("{}: {}", out.display(), Chain(&e))))?;
+            let pub_path = PathBuf::from(format!("{}.pub", out.display()));
+            std::fs::write(&pub_path, public)
+                .map_err(|e| Failure::from(format!("{}: {}", pub_path.display(), Chain(&e))))?;
+            say!("wrote {} and {}", out.display(), pub_path.display());
+            say!("fingerprint {}", key.fingerprint());
+        }
+        KeyAction::Public { key } => {
+            let key = SigningKey::load(key).map_err(|e| failed(&e))?;
+            let public = key.public_pem().map_err(|e| failed(&e))?;
+            print!("{public}");
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` readable by its owner only, refusing to overwrite a key.
+fn write_private(path: &Path, pem: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(pem.as_bytes())
+}
+
 fn check_config(path: &Path) -> Result<(), Failure> {
     let c = Config::load(path).map_err(StartupError::from)?;
     say!("{}: OK", path.display());
@@ -150,6 +207,20 @@ fn check_config(path: &Path) -> Result<(), Failure> {
             say!("  {:<14} {t}", p.to_string());
         }
     }
+    match &c.signing {
+        Some(s) => say!(
+            "signing  {} (fingerprint {})",
+            s.key_path.display(),
+            s.key.fingerprint()
+        ),
+        None => say!("signing  off"),
+    }
+    if c.signing.is_none() && !c.fallbacks.is_empty() {
+        eprintln!(
+            "warning: {}: [[fallback]] rules without [signing]: the indexes they synthesize are signed by no one, so a cluster with a signature policy refuses them (see README: Signatures)",
+            path.display()
+        );
+    }
     Ok(())
 }
 
@@ -174,6 +245,14 @@ fn inspect(config: Option<&Path>, reference: &str, json: bool) -> Result<(), Fai
         r.media_type,
         if r.synthesized { ", synthesized" } else { "" }
     );
+    match &r.signed_by {
+        Some(k) => say!("signed by archway, key {k}"),
+        None => say!("not signed by archway"),
+    }
+    match &r.upstream_signature {
+        Some(at) => say!("upstream {} is signed: {at}", r.upstream_digest),
+        None => say!("upstream {} has no signature", r.upstream_digest),
+    }
     say!("{:<16} {:<73} {:<48} CHECK", "PLATFORM", "DIGEST", "SOURCE");
     for row in &r.platforms {
         say!(
@@ -297,12 +376,16 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::CheckConfig { .. }) {
+    if !matches!(
+        cli.command,
+        Command::CheckConfig { .. } | Command::SigningKey { .. }
+    ) {
         init_logging(cli.log_format);
     }
     let result = match &cli.command {
         Command::Serve { config } => serve(config.as_deref()),
         Command::CheckConfig { config } => check_config(config),
+        Command::SigningKey { action } => signing_key(action),
         Command::Gc {
             config,
             dry_run,

@@ -51,6 +51,11 @@ pub struct Metrics {
     pub gc_runs: IntCounterVec,
     /// outcome: ok, error
     pub config_reloads: IntCounterVec,
+    /// `archway_signatures_served_total`: archway's own signatures, as a `.sig` tag or a
+    /// referrer.
+    pub signatures_served: IntCounter,
+    /// `archway_referrers_requests_total`; source: upstream_api, tag_schema, cache, synthesized
+    pub referrers_requests: IntCounterVec,
 }
 
 /// Registers each metric as it is made. The names and labels are constants of this file,
@@ -149,6 +154,15 @@ impl Metrics {
                 "config_reloads_total",
                 "Configuration reloads on SIGHUP, applied (ok) or refused (error).",
                 &["outcome"],
+            ),
+            signatures_served: b.counter(
+                "signatures_served_total",
+                "Signatures archway made of what it synthesized, served as a .sig tag or a referrer.",
+            ),
+            referrers_requests: b.counters(
+                "referrers_requests_total",
+                "Referrers listings answered, by where the list came from.",
+                &["source"],
             ),
             collectors,
         }

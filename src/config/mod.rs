@@ -3,14 +3,15 @@
 //! Parsing is two steps. serde reads the file into `Raw*` structs that reject unknown keys,
 //! then each section's `validate` checks every value of its table. All problems are collected,
 //! each naming its key, so an admin fixes a config in one round instead of one error per
-//! restart. One file per section: `server`, `storage`, `cache`, `upstream`, `admin`, `auth`
-//! and `fallback` (with `[multiarch]`).
+//! restart. One file per section: `server`, `storage`, `cache`, `upstream`, `admin`, `auth`,
+//! `fallback` (with `[multiarch]`) and `signing`.
 
 mod admin;
 mod auth;
 mod cache;
 mod fallback;
 mod server;
+mod signing;
 mod storage;
 mod upstream;
 mod values;
@@ -25,6 +26,7 @@ pub use auth::{parse_htpasswd, AuthConfig};
 pub use cache::CacheConfig;
 pub use fallback::{expand_template, FallbackConfig, MultiarchConfig, TEMPLATE_PLACEHOLDERS};
 pub use server::{ServerConfig, TlsFiles};
+pub use signing::SigningConfig;
 pub use storage::{AzureConfig, GcConfig, S3Config, StorageConfig, StorageUrl};
 pub use upstream::UpstreamConfig;
 use values::Errors;
@@ -92,6 +94,8 @@ struct RawConfig {
     multiarch: fallback::RawMultiarch,
     #[serde(default)]
     fallback: Vec<fallback::RawFallback>,
+    #[serde(default)]
+    signing: Option<signing::RawSigning>,
 }
 
 /// A validated configuration: every value parsed, every file it names read.
@@ -115,6 +119,8 @@ pub struct Config {
     pub multiarch: MultiarchConfig,
     /// In config order: the first rule that covers a repository applies.
     pub fallbacks: Vec<FallbackConfig>,
+    /// archway's signing key, when `[signing]` is configured.
+    pub signing: Option<SigningConfig>,
 }
 
 impl Config {
@@ -158,6 +164,7 @@ impl Config {
         let auth = auth::validate(raw.auth, base, &mut errs);
         let multiarch = fallback::validate_multiarch(raw.multiarch, &mut errs);
         let fallbacks = fallback::validate(raw.fallback, &upstreams, &mut errs);
+        let signing = signing::validate(raw.signing, base, &mut errs);
         if !errs.0.is_empty() {
             return Err(fail(errs.0));
         }
@@ -171,6 +178,7 @@ impl Config {
             auth,
             multiarch,
             fallbacks,
+            signing,
         })
     }
 }

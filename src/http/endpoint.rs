@@ -20,6 +20,11 @@ pub enum Endpoint<'a> {
     Tags {
         name: &'a str,
     },
+    /// `/v2/<name>/referrers/<digest>`: the OCI 1.1 referrers API.
+    Referrers {
+        name: &'a str,
+        digest: &'a str,
+    },
     Catalog,
     NotFound,
 }
@@ -56,6 +61,7 @@ pub fn parse(path: &str) -> Endpoint<'_> {
             reference: last,
         },
         Some((name, "blobs")) => Endpoint::Blob { name, digest: last },
+        Some((name, "referrers")) => Endpoint::Referrers { name, digest: last },
         _ => Endpoint::NotFound,
     }
 }
@@ -90,6 +96,13 @@ mod tests {
             }
         );
         assert_eq!(parse("/v2/a/b/tags/list"), Endpoint::Tags { name: "a/b" });
+        assert_eq!(
+            parse("/v2/a/b/referrers/sha256:abc"),
+            Endpoint::Referrers {
+                name: "a/b",
+                digest: "sha256:abc"
+            }
+        );
         assert_eq!(
             parse("/v2/a/blobs/uploads/"),
             Endpoint::Upload { name: "a" }

@@ -26,6 +26,7 @@ const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
 const BYTES: HeaderValue = HeaderValue::from_static("bytes");
+const OCI_INDEX: HeaderValue = HeaderValue::from_static("application/vnd.oci.image.index.v1+json");
 
 /// A route label for metrics and logs: bounded cardinality, never the repository name.
 pub fn route_label(path: &str) -> &'static str {
@@ -35,6 +36,7 @@ pub fn route_label(path: &str) -> &'static str {
         Endpoint::Blob { .. } => "blob",
         Endpoint::Upload { .. } => "upload",
         Endpoint::Tags { .. } => "tags",
+        Endpoint::Referrers { .. } => "referrers",
         Endpoint::Catalog => "catalog",
         Endpoint::NotFound => "other",
     }
@@ -108,6 +110,12 @@ async fn dispatch<B>(registry: &Registry, req: &Request<B>) -> Result<Response<B
             read_only("tags")?;
             let route = route(registry, req, name)?;
             tags(registry, req, name, &route).await
+        }
+        Endpoint::Referrers { name, digest } => {
+            read_only("referrers")?;
+            let route = route(registry, req, name)?;
+            let digest: Digest = digest.parse().map_err(Error::DigestInvalid)?;
+            referrers(registry, req, &route, &digest).await
         }
         Endpoint::Catalog => Err(Error::Unsupported(
             "the catalog is not offered by a pull-through mirror".into(),
@@ -211,6 +219,35 @@ async fn blob<B>(
         r.headers_mut().insert(
             CONTENT_RANGE,
             header(&format!("bytes {}-{}/{size}", range.start, range.end - 1))?,
+        );
+    }
+    Ok(r)
+}
+
+/// `GET /v2/<name>/referrers/<digest>[?artifactType=T]`: always an index, empty when
+/// nothing refers to the digest.
+async fn referrers<B>(
+    registry: &Registry,
+    req: &Request<B>,
+    route: &Route,
+    d: &Digest,
+) -> Result<Response<Body>, Error> {
+    let artifact_type = query_param(req.uri().query(), "artifactType");
+    let served = registry
+        .referrers(route, d, artifact_type.as_deref())
+        .await?;
+    let list = served.value;
+    let len = list.body.len();
+    let head = req.method() == Method::HEAD;
+    let mut r = Response::new(if head { empty() } else { full(list.body) });
+    r.extensions_mut().insert(served.provenance);
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, OCI_INDEX);
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    if list.filtered {
+        h.insert(
+            "oci-filters-applied",
+            HeaderValue::from_static("artifactType"),
         );
     }
     Ok(r)

@@ -152,7 +152,7 @@ pub fn build(entries: &[Value], annotations: Option<&Value>) -> (String, Vec<u8>
 }
 
 /// JSON with every object's keys sorted, independent of serde_json's map implementation.
-fn canonical(v: &Value) -> Vec<u8> {
+pub(super) fn canonical(v: &Value) -> Vec<u8> {
     fn sort(v: &Value) -> Value {
         match v {
             Value::Object(m) => {

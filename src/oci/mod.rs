@@ -4,6 +4,7 @@
 //! Nothing here knows about HTTP, storage or upstreams; every other module builds on these
 //! validated types so that no raw client string reaches a storage key or an upstream URL.
 
+pub mod cosign;
 pub mod digest;
 pub mod index;
 pub mod manifest;

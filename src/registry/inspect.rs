@@ -6,6 +6,7 @@ use super::Registry;
 use crate::error::{Error, Result};
 use crate::oci::reference::split_reference;
 use crate::oci::{Digest, Platform, Reference, RepoName, Tag};
+use crate::routing::Route;
 
 impl Registry {
     /// How `REGISTRY/REPOSITORY:TAG` resolves. The registry part must name a configured
@@ -61,6 +62,29 @@ impl Registry {
                 Err(e) => format!("unchecked: {}", crate::causes::Chain(&e)),
             };
         }
+        report.upstream_signature = self
+            .upstream_signature(&route, &report.upstream_digest)
+            .await;
         Ok(report)
+    }
+
+    /// Where the upstream keeps its own signature of `digest`: cosign's `.sig` tag, or the
+    /// referrers listing (a signature or a Sigstore bundle). `None` when it has neither or
+    /// cannot be asked.
+    async fn upstream_signature(&self, route: &Route, digest: &str) -> Option<String> {
+        let d: Digest = digest.parse().ok()?;
+        let remote = self.upstreams.remote(route);
+        let tag = crate::oci::cosign::signature_tag(&d);
+        if let Ok(Some(_)) = remote.head_manifest(&route.repo, &tag).await {
+            return Some(tag);
+        }
+        let listed = self.referrers.list(route, &d, None).await.ok()?;
+        let index: serde_json::Value = serde_json::from_slice(&listed.value.body).ok()?;
+        let signed = crate::oci::index::entries(&index).iter().any(|e| {
+            let t = e["artifactType"].as_str().unwrap_or_default();
+            t == crate::oci::cosign::SIGNATURE_ARTIFACT
+                || t.starts_with("application/vnd.dev.sigstore.bundle")
+        });
+        signed.then(|| "referrers".to_string())
     }
 }

@@ -7,7 +7,9 @@
 //! - `blobs`: served from the store, or streamed from a fill every concurrent request shares;
 //! - `links`: which content belongs to which repository (the only reader and writer of links);
 //! - `tags`: tag records, and the upstream's tag lists;
-//! - `synthesis`: the index of a repository with fallback rules.
+//! - `synthesis`: the index of a repository with fallback rules;
+//! - `signatures`: archway's signatures of what synthesis built, in cosign's formats;
+//! - `referrers`: the manifests that refer to a manifest (signatures, SBOMs, attestations).
 //!
 //! The in-memory caches (moka) front the object store; a cached manifest hit touches neither
 //! the store nor the upstream.
@@ -17,6 +19,8 @@ mod inspect;
 mod links;
 mod manifests;
 mod provenance;
+mod referrers;
+mod signatures;
 mod synthesis;
 mod tags;
 #[cfg(test)]
@@ -40,6 +44,7 @@ use crate::upstream::{BuildError, Remote, TagPage, Upstream};
 pub use blobs::BlobBody;
 pub use manifests::Manifest;
 pub use provenance::{Provenance, Served};
+pub use referrers::ReferrersList;
 pub use synthesis::{PlatformRow, Resolution, FALLBACK_ANNOTATION};
 
 /// A repository's content, keyed by upstream index, repository and digest.
@@ -93,12 +98,16 @@ pub struct Registry {
     tags: Arc<Tags>,
     manifests: Arc<Manifests>,
     blobs: Arc<Blobs>,
+    signatures: Arc<Signatures>,
+    referrers: Referrers,
     synthesis: Synthesis,
 }
 
 use blobs::Blobs;
 use links::Links;
 use manifests::{ManifestSettings, Manifests};
+use referrers::Referrers;
+use signatures::{SignatureSettings, Signatures};
 use synthesis::Synthesis;
 use tags::Tags;
 use upstreams::Upstreams;
@@ -167,6 +176,33 @@ impl Registry {
             metrics.clone(),
             access,
         ));
+        let signatures = Arc::new(Signatures::new(
+            store.clone(),
+            upstreams.clone(),
+            links.clone(),
+            manifests.clone(),
+            metrics.clone(),
+            SignatureSettings {
+                key: config.signing.as_ref().map(|s| s.key.clone()),
+                registries: config
+                    .upstreams
+                    .iter()
+                    .map(|u| u.hosts.first().unwrap_or(&u.name).clone())
+                    .collect(),
+                ttl,
+                forget_after,
+            },
+        ));
+        let referrers = Referrers::new(referrers::Parts {
+            store: store.clone(),
+            upstreams: upstreams.clone(),
+            manifests: manifests.clone(),
+            signatures: signatures.clone(),
+            metrics: metrics.clone(),
+            ttl,
+            serve_stale: config.cache.serve_stale,
+            forget_after,
+        });
         let synthesis = Synthesis::new(
             router.clone(),
             Fallbacks::new(&config.fallbacks, &router),
@@ -176,6 +212,7 @@ impl Registry {
                 blobs: blobs.clone(),
                 links: links.clone(),
                 upstreams: upstreams.clone(),
+                signatures: signatures.clone(),
                 metrics: metrics.clone(),
             },
             forget_after.map_or(ttl, |t| t.min(ttl)),
@@ -191,6 +228,8 @@ impl Registry {
             tags,
             manifests,
             blobs,
+            signatures,
+            referrers,
             synthesis,
         }
     }
@@ -265,6 +304,11 @@ impl Registry {
     /// What a tag serves: the upstream's manifest, or the synthesized index when a fallback
     /// rule covers the repository.
     pub async fn tag_manifest(&self, route: &Route, tag: &Tag) -> Result<Served<Arc<Manifest>>> {
+        // `sha256-<hex>.sig` of something archway signs: archway's signature, with the
+        // upstream's own if it has one.
+        if let Some(sig) = self.signatures.legacy_tag(route, tag).await? {
+            return Ok(sig);
+        }
         if self.synthesis.rule(route).is_none() {
             return self
                 .manifests
@@ -303,6 +347,21 @@ impl Registry {
         self.blobs.get(route, d, range).await
     }
 
+    /// The manifests whose `subject` is `d` (only those of `artifact_type`, when given).
+    pub async fn referrers(
+        &self,
+        route: &Route,
+        d: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Served<ReferrersList>> {
+        self.referrers.list(route, d, artifact_type).await
+    }
+
+    /// The fingerprint of the key archway signs with, when `[signing]` is configured.
+    pub fn signing_fingerprint(&self) -> Option<String> {
+        self.signatures.fingerprint()
+    }
+
     /// One page of the upstream's tag list.
     pub async fn tags(&self, route: &Route, n: Option<u32>, last: Option<&Tag>) -> Result<TagPage> {
         tags::list(&self.upstreams, route, n, last).await
@@ -313,6 +372,8 @@ impl Registry {
         self.tags.forget_all();
         self.links.forget_all();
         self.synthesis.forget_all();
+        self.signatures.forget_all();
+        self.referrers.forget_all();
         for (d, _) in &report.plan.content {
             self.manifests.forget(d).await;
             self.blobs.forget(d).await;

@@ -5,6 +5,7 @@
 //! mislabelled image is left out (and logged), never served under the wrong architecture.
 //! The index is canonical JSON, so replicas with separate caches serve the same digest.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::TryStreamExt;
@@ -15,6 +16,9 @@ use super::blobs::Blobs;
 use super::links::Links;
 use super::manifests::{Manifest, Manifests};
 use super::provenance::{Provenance, Served};
+use super::signatures::{
+    Signatures, NOTE_FALLBACK_REFERENCE, NOTE_UPSTREAM_DIGEST, NOTE_UPSTREAM_REFERENCE,
+};
 use super::tags;
 use super::upstreams::Upstreams;
 use super::TagKey;
@@ -59,6 +63,14 @@ pub struct Resolution {
     pub media_type: String,
     /// Whether archway built an index with fallback images instead of serving the upstream's.
     pub synthesized: bool,
+    /// What the upstream itself serves for the tag (the same as `digest` unless
+    /// synthesized).
+    pub upstream_digest: String,
+    /// The fingerprint of archway's key, when archway signs what it serves for the tag.
+    pub signed_by: Option<String>,
+    /// Where the upstream's own signature of `upstream_digest` is (its `sha256-<hex>.sig`
+    /// tag, or `referrers`), if it has one; filled in by `inspect`, which asks.
+    pub upstream_signature: Option<String>,
     /// One row per platform: the upstream's entries, then each fallback admitted or refused.
     pub platforms: Vec<PlatformRow>,
 }
@@ -76,6 +88,8 @@ struct Admitted {
     descriptor: Value,
     child: Arc<Manifest>,
     from: Route,
+    /// The fallback reference it was found at.
+    reference: String,
 }
 
 /// The upstream's side of a tag: its entries (or its one manifest, as an entry).
@@ -95,6 +109,7 @@ pub(crate) struct Synthesis {
     blobs: Arc<Blobs>,
     links: Arc<Links>,
     upstreams: Arc<Upstreams>,
+    signatures: Arc<Signatures>,
     metrics: Metrics,
     /// Resolved tags, trusted for the tag TTL (`None`: a TTL of zero, nothing kept).
     resolved: Option<moka::future::Cache<TagKey, Arc<Resolved>>>,
@@ -108,6 +123,7 @@ pub(crate) struct Parts {
     pub(crate) blobs: Arc<Blobs>,
     pub(crate) links: Arc<Links>,
     pub(crate) upstreams: Arc<Upstreams>,
+    pub(crate) signatures: Arc<Signatures>,
     pub(crate) metrics: Metrics,
 }
 
@@ -133,6 +149,7 @@ impl Synthesis {
             blobs: parts.blobs,
             links: parts.links,
             upstreams: parts.upstreams,
+            signatures: parts.signatures,
             metrics: parts.metrics,
             resolved,
             flights: Default::default(),
@@ -181,7 +198,7 @@ impl Synthesis {
         };
         if admitted.is_empty() {
             // Nothing to add: the upstream's manifest, byte for byte.
-            let report = self.report(route, tag, &base.manifest.value, false, base.rows);
+            let report = self.report(route, tag, &base.manifest.value, &base, false);
             return Ok(Served::new(
                 Resolved {
                     manifest: base.manifest.value,
@@ -197,8 +214,9 @@ impl Synthesis {
             bytes: bytes.into(),
         });
         self.store_index(route, &index, &admitted).await?;
+        self.vouch(route, tag, &index, &base, &admitted).await?;
         self.metrics.synthesized.inc();
-        let report = self.report(route, tag, &index, true, base.rows);
+        let report = self.report(route, tag, &index, &base, true);
         Ok(Served::new(
             Resolved {
                 manifest: index,
@@ -310,8 +328,8 @@ impl Synthesis {
         route: &Route,
         tag: &Tag,
         m: &Manifest,
+        base: &Base,
         synthesized: bool,
-        platforms: Vec<PlatformRow>,
     ) -> Resolution {
         Resolution {
             repository: format!("{}/{}", self.upstreams.name(route), route.repo),
@@ -319,7 +337,10 @@ impl Synthesis {
             digest: m.digest.to_string(),
             media_type: m.media_type.clone(),
             synthesized,
-            platforms,
+            upstream_digest: base.manifest.value.digest.to_string(),
+            signed_by: synthesized.then(|| self.signatures.fingerprint()).flatten(),
+            upstream_signature: None,
+            platforms: base.rows.clone(),
         }
     }
 
@@ -390,6 +411,7 @@ impl Synthesis {
             ),
             child,
             from: fb.route.clone(),
+            reference: fb.reference.clone(),
         })
     }
 
@@ -447,6 +469,64 @@ impl Synthesis {
         }
         self.links.link_manifest(route, index, route).await?;
         self.manifests.remember(index.clone()).await;
+        Ok(())
+    }
+
+    /// Records what archway vouches for when it signs: the index (built from the upstream's
+    /// manifest), each of the upstream's entries (served for this tag), and each fallback
+    /// (found at its reference). A node that pulls one platform checks that platform
+    /// manifest's signature, never the index's, so every entry needs one.
+    async fn vouch(
+        &self,
+        route: &Route,
+        tag: &Tag,
+        index: &Manifest,
+        base: &Base,
+        admitted: &[Admitted],
+    ) -> Result<()> {
+        let note = |k: &str, v: String| BTreeMap::from([(k.to_string(), v)]);
+        let upstream = base.manifest.value.digest.to_string();
+        self.signatures
+            .vouch(
+                route,
+                &index.digest,
+                &index.media_type,
+                index.bytes.len() as u64,
+                note(NOTE_UPSTREAM_DIGEST, upstream),
+            )
+            .await?;
+        let reference = format!("{}:{tag}", self.signatures.logical_name(route));
+        let upstream_entries = base.entries.len() - admitted.len();
+        for e in &base.entries[..upstream_entries] {
+            let (Ok(d), Some(mt), Some(size)) = (
+                index::entry_digest(e),
+                e["mediaType"].as_str(),
+                e["size"].as_u64(),
+            ) else {
+                continue;
+            };
+            self.signatures
+                .vouch(
+                    route,
+                    &d,
+                    mt,
+                    size,
+                    note(NOTE_UPSTREAM_REFERENCE, reference.clone()),
+                )
+                .await?;
+        }
+        for a in admitted {
+            let c = &a.child;
+            self.signatures
+                .vouch(
+                    route,
+                    &c.digest,
+                    &c.media_type,
+                    c.bytes.len() as u64,
+                    note(NOTE_FALLBACK_REFERENCE, a.reference.clone()),
+                )
+                .await?;
+        }
         Ok(())
     }
 

@@ -56,7 +56,19 @@ impl Fixture {
 
     /// `extra` is appended to the config: fallback rules, `[multiarch]`.
     pub(crate) fn with(tag_ttl: &str, cache: &str, extra: &str) -> Fixture {
+        Fixture::in_dir(tempfile::tempdir().expect("tempdir"), tag_ttl, cache, extra)
+    }
+
+    /// The same with `[signing]` and `key` as its key.
+    pub(crate) fn signing(key: &crate::signing::SigningKey, extra: &str) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("signing.pem");
+        std::fs::write(&path, key.private_pem().expect("pem")).expect("write key");
+        let extra = format!("{extra}\n[signing]\nkey = \"{}\"\n", path.display());
+        Fixture::in_dir(dir, "1h", "", &extra)
+    }
+
+    fn in_dir(dir: TempDir, tag_ttl: &str, cache: &str, extra: &str) -> Fixture {
         let toml = format!(
             r#"
 [storage]

@@ -6,6 +6,8 @@
 //! repositories/<upstream>/<repo>/_manifests/<alg>/<hex>      manifest link: {mediaType, size}
 //! repositories/<upstream>/<repo>/_tags/<tag>                 tag record: {digest, mediaType, size, checkedAt}
 //! repositories/<upstream>/<repo>/_blobs/<alg>/<hex>          blob link: {size}
+//! repositories/<upstream>/<repo>/_signed/<alg>/<hex>         what archway vouches for when it signs
+//! repositories/<upstream>/<repo>/_referrers/<alg>/<hex>      the referrers of a manifest, last checked
 //! access/<epoch millis>-<replica>-<n>.json                   access times, written in batches
 //! ```
 //! Repository components start with `[a-z0-9]`, so the `_`-prefixed directories can never
@@ -45,6 +47,26 @@ pub fn manifest_link(upstream: &str, repo: &RepoName, d: &Digest) -> Path {
 pub fn blob_link(upstream: &str, repo: &RepoName, d: &Digest) -> Path {
     Path::from(format!(
         "{}/_blobs/{}/{}",
+        repo_prefix(upstream, repo),
+        d.algorithm().as_str(),
+        d.hex()
+    ))
+}
+
+/// What archway vouches for when it signs `d` in the repository (a vouch record).
+pub fn signed(upstream: &str, repo: &RepoName, d: &Digest) -> Path {
+    Path::from(format!(
+        "{}/_signed/{}/{}",
+        repo_prefix(upstream, repo),
+        d.algorithm().as_str(),
+        d.hex()
+    ))
+}
+
+/// The manifests whose `subject` is `d`, as last fetched (a referrers record).
+pub fn referrers(upstream: &str, repo: &RepoName, d: &Digest) -> Path {
+    Path::from(format!(
+        "{}/_referrers/{}/{}",
         repo_prefix(upstream, repo),
         d.algorithm().as_str(),
         d.hex()

@@ -329,6 +329,30 @@ impl Store {
         }
     }
 
+    /// Writes a record unless one is there already (the first writer's stands, so replicas
+    /// that write the same key agree on its content).
+    pub async fn put_record_if_absent<T: Serialize>(&self, key: &Path, value: &T) -> Result<()> {
+        let body = serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))?;
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .os
+            .put_opts(key, Bytes::from(body.clone()).into(), opts)
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(object_store::Error::NotImplemented { .. }) => {
+                if self.get_bytes(key).await?.is_none() {
+                    self.os.put(key, Bytes::from(body).into()).await?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn put_record<T: Serialize>(&self, key: &Path, value: &T) -> Result<()> {
         let body = serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))?;
         self.os.put(key, Bytes::from(body).into()).await?;

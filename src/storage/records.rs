@@ -53,6 +53,31 @@ pub struct BlobLink {
     pub source: Option<Source>,
 }
 
+/// What archway vouches for when it signs a manifest in a repository: the manifest's
+/// descriptor (for a referrer's `subject`) and the notes its signature's payload carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VouchRecord {
+    /// Of the signed manifest.
+    pub media_type: String,
+    /// Of the signed manifest, in bytes.
+    pub size: u64,
+    /// The payload's `optional` object: the upstream digest, or the fallback reference.
+    pub notes: std::collections::BTreeMap<String, String>,
+}
+
+/// The referrers of a manifest, as the upstream listed them when last asked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferrersRecord {
+    /// Epoch milliseconds; the record is trusted for the tag TTL after this.
+    pub checked_at: u64,
+    /// `upstream_api` or `tag_schema`: where the list came from.
+    pub source: String,
+    /// The descriptors, as listed.
+    pub manifests: Vec<serde_json::Value>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,8 @@ struct State {
     corrupt: HashMap<String, Bytes>,
     /// "METHOD repository/kind/reference", in order.
     requests: Vec<String>,
+    /// With a referrers API: (repository, digest) → the descriptors it lists.
+    referrers: Option<HashMap<(String, String), Vec<serde_json::Value>>>,
 }
 
 #[derive(Debug)]
@@ -82,6 +84,14 @@ impl MemoryUpstream {
         self.state()
             .manifests
             .insert((repo.into(), d.to_string()), entry);
+    }
+
+    /// Gives this upstream a referrers API listing `descriptors` for `d` in `repo`.
+    pub fn list_referrers(&self, repo: &str, d: &Digest, descriptors: Vec<serde_json::Value>) {
+        self.state()
+            .referrers
+            .get_or_insert_with(HashMap::new)
+            .insert((repo.into(), d.to_string()), descriptors);
     }
 
     /// Answers every request with `status` (`None`: back up).
@@ -216,6 +226,27 @@ impl Remote for MemoryUpstream {
         Ok(Some(TagPage {
             body: body.into(),
             link: None,
+        }))
+    }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        _next: Option<&str>,
+    ) -> UResult<Option<super::ReferrersPage>> {
+        self.note("GET", repo, "referrers", &d.to_string()).await?;
+        let s = self.state();
+        let Some(api) = &s.referrers else {
+            return Ok(None);
+        };
+        let manifests = api
+            .get(&(repo.to_string(), d.to_string()))
+            .cloned()
+            .unwrap_or_default();
+        Ok(Some(super::ReferrersPage {
+            manifests,
+            next: None,
         }))
     }
 }

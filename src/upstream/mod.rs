@@ -69,6 +69,15 @@ pub struct TagPage {
     pub link: Option<String>,
 }
 
+/// One page of an upstream's referrers listing (the OCI 1.1 referrers API).
+#[derive(Debug, Clone)]
+pub struct ReferrersPage {
+    /// The descriptors of the page, as listed.
+    pub manifests: Vec<serde_json::Value>,
+    /// The path of the next page (`Link: <...>; rel="next"`), on the same registry.
+    pub next: Option<String>,
+}
+
 type UResult<T> = Result<T, UpstreamError>;
 
 /// An upstream registry as the services use it. `Ok(None)` is the upstream's 404.
@@ -91,6 +100,15 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     async fn get_blob(&self, repo: &RepoName, d: &Digest) -> UResult<Option<BlobDownload>>;
     /// One page of `/tags/list`; `query` is passed on as is (`n=..&last=..`).
     async fn tags(&self, repo: &RepoName, query: &str) -> UResult<Option<TagPage>>;
+    /// A page of `/referrers/<digest>` (`next`: a page's link to the one after). `None` when
+    /// the upstream has no referrers API (distribution 2.8 answers 404) or does not answer
+    /// with an index.
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        next: Option<&str>,
+    ) -> UResult<Option<ReferrersPage>>;
 }
 
 /// The HTTP client for one configured upstream.
@@ -475,6 +493,59 @@ impl Remote for Upstream {
         let body = resp.bytes().await.map_err(|e| self.transport(e))?;
         Ok(Some(TagPage { body, link }))
     }
+
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        next: Option<&str>,
+    ) -> UResult<Option<ReferrersPage>> {
+        // A next page is followed only on the same registry: a link elsewhere would take our
+        // credentials with it.
+        let path = match next {
+            Some(p) if p.starts_with("/v2/") => p.trim_start_matches('/').to_string(),
+            Some(_) => return Ok(None),
+            None => format!("v2/{repo}/referrers/{d}"),
+        };
+        let url = self.url(&path)?;
+        let resp = self
+            .send(Method::GET, url, repo, Some(media::OCI_INDEX))
+            .await?;
+        let status = resp.status();
+        // No referrers API: the spec's 404, or what registries that predate it answer.
+        if matches!(status.as_u16(), 400 | 404 | 405 | 406) {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.fail(resp).await);
+        }
+        let next = header_str(resp.headers(), "link").and_then(next_link);
+        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        let Ok(index) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return Ok(None);
+        };
+        let Some(manifests) = index.get("manifests").and_then(|m| m.as_array()) else {
+            return Ok(None);
+        };
+        Ok(Some(ReferrersPage {
+            manifests: manifests.clone(),
+            next,
+        }))
+    }
+}
+
+/// The target of a `Link: <target>; rel="next"` header.
+fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        params.contains("rel=\"next\"").then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
 }
 
 fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
