@@ -313,7 +313,7 @@ mod tests {
             .referrers(&route, &img.digest, Some(SBOM))
             .await
             .unwrap();
-        assert_eq!(listed(&sboms.value), [sbom.clone()]);
+        assert_eq!(listed(&sboms.value), std::slice::from_ref(&sbom));
         assert!(sboms.value.filtered);
         assert_eq!(
             f.registry
