@@ -48,6 +48,9 @@ pub(crate) struct Signatures {
     /// name), which signatures name as the identity.
     registries: Vec<String>,
     vouches: moka::future::Cache<LinkKey, Arc<VouchRecord>>,
+    /// Digests found not vouched for, for the tag TTL: clients ask for the `.sig` of every
+    /// image they verify, and most are not archway's to sign.
+    unvouched: Option<moka::future::Cache<LinkKey, ()>>,
     /// Signature manifests built, kept for the tag TTL: the upstream's own signature, which
     /// they include, may change.
     built: moka::future::Cache<LinkKey, Arc<Manifest>>,
@@ -89,6 +92,12 @@ impl Signatures {
             metrics,
             registries: settings.registries,
             vouches: bounded(1_000_000, settings.forget_after),
+            unvouched: (!settings.ttl.is_zero()).then(|| {
+                moka::future::Cache::builder()
+                    .max_capacity(1_000_000)
+                    .time_to_live(settings.ttl)
+                    .build()
+            }),
             built,
             referrers: bounded(100_000, settings.forget_after),
         }
@@ -130,6 +139,9 @@ impl Signatures {
         };
         let path = layout::signed(self.upstreams.name(route), &route.repo, d);
         self.store.put_record_if_absent(&path, &record).await?;
+        if let Some(u) = &self.unvouched {
+            u.invalidate(&k).await;
+        }
         // Whatever stands in the store is what every replica signs.
         if let Some(stored) = self.store.get_record::<VouchRecord>(&path).await? {
             self.vouches.insert(k, Arc::new(stored)).await;
@@ -150,8 +162,16 @@ impl Signatures {
         if let Some(v) = self.vouches.get(&k).await {
             return Ok(Some(v));
         }
+        if let Some(u) = &self.unvouched {
+            if u.contains_key(&k) {
+                return Ok(None);
+            }
+        }
         let path = layout::signed(self.upstreams.name(route), &route.repo, d);
         let Some(v) = self.store.get_record::<VouchRecord>(&path).await? else {
+            if let Some(u) = &self.unvouched {
+                u.insert(k, ()).await;
+            }
             return Ok(None);
         };
         let v = Arc::new(v);
@@ -305,6 +325,9 @@ impl Signatures {
     /// Forgets what memory holds (a collection may have removed some of it).
     pub(crate) fn forget_all(&self) {
         self.vouches.invalidate_all();
+        if let Some(u) = &self.unvouched {
+            u.invalidate_all();
+        }
         self.built.invalidate_all();
         self.referrers.invalidate_all();
     }
