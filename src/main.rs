@@ -221,6 +221,20 @@ fn check_config(path: &Path) -> Result<(), Failure> {
             path.display()
         );
     }
+    if c.signing.is_some() {
+        for f in &c.fallbacks {
+            let upstream = c
+                .upstreams
+                .iter()
+                .find(|u| u.name == f.registry || u.hosts.contains(&f.registry));
+            if let Some(u) = upstream.filter(|u| u.hosts.is_empty()) {
+                eprintln!(
+                    "warning: {}: fallback {}: upstream {} has no `hosts`, so archway's signatures name the repository {}/{}, which no client pulls by; give it the registry name clients use (see README: Signatures)",
+                    path.display(), f.repository, u.name, u.name, f.path
+                );
+            }
+        }
+    }
     Ok(())
 }
 

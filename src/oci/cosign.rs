@@ -43,6 +43,22 @@ pub fn signed_digest(tag: &Tag) -> Option<Digest> {
     format!("{alg}:{hex}").parse().ok()
 }
 
+/// Whether `tag` is one that tools derive from a digest: the referrers tag schema's
+/// `sha256-<hex>`, and cosign's `sha256-<hex>.sig`, `.att`, `.sbom`. Such a tag names
+/// something attached to an image, never an image to synthesize platforms for.
+pub fn is_digest_tag(tag: &Tag) -> bool {
+    let t = tag.as_str();
+    let t = t.split_once('.').map_or(t, |(head, suffix)| {
+        if matches!(suffix, "sig" | "att" | "sbom") {
+            head
+        } else {
+            ""
+        }
+    });
+    t.split_once('-')
+        .is_some_and(|(alg, hex)| format!("{alg}:{hex}").parse::<Digest>().is_ok())
+}
+
 #[derive(Serialize)]
 struct Payload<'a> {
     critical: Critical<'a>,
@@ -209,6 +225,24 @@ mod tests {
         assert_eq!(referrers_tag(&x), format!("sha256-{}", x.hex()));
         assert_eq!(signed_digest(&"latest".parse().unwrap()), None);
         assert_eq!(signed_digest(&"sha256-zz.sig".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn digest_tags_are_told_from_image_tags() {
+        let hex = d(b"x").hex().to_string();
+        for t in ["", ".sig", ".att", ".sbom"] {
+            let tag: Tag = format!("sha256-{hex}{t}").parse().unwrap();
+            assert!(is_digest_tag(&tag), "{tag}");
+        }
+        for t in [
+            "latest".to_string(),
+            format!("sha256-{hex}.tar"),
+            format!("sha256-{}", &hex[..12]),
+            "sha256-v1.2".to_string(),
+            format!("md5-{hex}"),
+        ] {
+            assert!(!is_digest_tag(&t.parse().unwrap()), "{t}");
+        }
     }
 
     #[test]

@@ -105,6 +105,13 @@ pub fn entries(index: &Value) -> &[Value] {
     index["manifests"].as_array().map_or(&[], Vec::as_slice)
 }
 
+/// Whether an index entry is attached to an image rather than one: buildx lists its
+/// attestation manifests as `unknown/unknown` entries annotated with
+/// `vnd.docker.reference.type`.
+pub fn is_attachment(entry: &Value) -> bool {
+    entry["annotations"]["vnd.docker.reference.type"].is_string()
+}
+
 /// The digest an index entry names.
 pub fn entry_digest(entry: &Value) -> Result<Digest, super::DigestError> {
     entry["digest"].as_str().unwrap_or_default().parse()

@@ -78,7 +78,8 @@ impl Registry {
         if let Ok(Some(_)) = remote.head_manifest(&route.repo, &tag).await {
             return Some(tag);
         }
-        let listed = self.referrers.list(route, &d, None).await.ok()?;
+        // The upstream's alone: archway's own signature is not the upstream's.
+        let listed = self.referrers.list(route, &d, None, false).await.ok()?;
         let index: serde_json::Value = serde_json::from_slice(&listed.value.body).ok()?;
         let signed = crate::oci::index::entries(&index).iter().any(|e| {
             let t = e["artifactType"].as_str().unwrap_or_default();

@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::gc::{AccessLog, Collector, Report};
 use crate::metrics::Metrics;
 use crate::oci::media::{is_index, Accept};
-use crate::oci::{index, Digest, Platform, Reference, RepoName, Tag};
+use crate::oci::{cosign, index, Digest, Platform, Reference, RepoName, Tag};
 use crate::range::RangeSpec;
 use crate::routing::{Fallbacks, Route, Router};
 use crate::storage::{Fills, OpenError, Store};
@@ -196,6 +196,7 @@ impl Registry {
         let referrers = Referrers::new(referrers::Parts {
             store: store.clone(),
             upstreams: upstreams.clone(),
+            links: links.clone(),
             manifests: manifests.clone(),
             signatures: signatures.clone(),
             metrics: metrics.clone(),
@@ -304,12 +305,18 @@ impl Registry {
     /// What a tag serves: the upstream's manifest, or the synthesized index when a fallback
     /// rule covers the repository.
     pub async fn tag_manifest(&self, route: &Route, tag: &Tag) -> Result<Served<Arc<Manifest>>> {
+        let covered = self.synthesis.rule(route).is_some();
         // `sha256-<hex>.sig` of something archway signs: archway's signature, with the
-        // upstream's own if it has one.
-        if let Some(sig) = self.signatures.legacy_tag(route, tag).await? {
-            return Ok(sig);
+        // upstream's own if it has one. Only while a rule covers the repository, so removing
+        // a fallback rule withdraws the signatures archway made under it.
+        if covered {
+            if let Some(sig) = self.signatures.legacy_tag(route, tag).await? {
+                return Ok(sig);
+            }
         }
-        if self.synthesis.rule(route).is_none() {
+        // A tag derived from a digest (a signature, an attestation, a referrers index) is
+        // the upstream's as it stands: there is no image to synthesize platforms for.
+        if !covered || cosign::is_digest_tag(tag) {
             return self
                 .manifests
                 .get(route, &Reference::Tag(tag.clone()))
@@ -354,7 +361,8 @@ impl Registry {
         d: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Served<ReferrersList>> {
-        self.referrers.list(route, d, artifact_type).await
+        let signs = self.synthesis.rule(route).is_some();
+        self.referrers.list(route, d, artifact_type, signs).await
     }
 
     /// The fingerprint of the key archway signs with, when `[signing]` is configured.

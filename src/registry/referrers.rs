@@ -11,14 +11,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::StreamExt;
 use serde_json::Value;
 
+use super::links::Links;
 use super::manifests::Manifests;
 use super::provenance::{Provenance, Served};
-use super::signatures::Signatures;
+use super::signatures::{Signatures, NOTE_UPSTREAM_DIGEST};
 use super::upstreams::Upstreams;
-use super::{bounded, LinkKey};
+use super::LinkKey;
 use crate::clock::now_millis;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -33,6 +34,17 @@ use crate::storage::Store;
 /// Upstream pages followed at most: a registry that links in circles stops here.
 const MAX_PAGES: usize = 100;
 
+/// Referrers listed at most for one manifest. Real images have a handful; a list past this
+/// is an upstream being hostile or broken, and every entry costs a manifest fetch.
+const MAX_REFERRERS: usize = 10_000;
+
+/// Listed manifests fetched at the same time.
+const PREFETCH: usize = 8;
+
+/// What memory holds at most, counted in listed entries (so a few long lists cannot take
+/// what many short ones would).
+const MEMORY_ENTRIES: u64 = 1_000_000;
+
 /// A referrers listing as answered.
 pub struct ReferrersList {
     /// The OCI index.
@@ -44,6 +56,7 @@ pub struct ReferrersList {
 pub(crate) struct Referrers {
     store: Store,
     upstreams: Arc<Upstreams>,
+    links: Arc<Links>,
     manifests: Arc<Manifests>,
     signatures: Arc<Signatures>,
     metrics: Metrics,
@@ -57,6 +70,7 @@ pub(crate) struct Referrers {
 pub(crate) struct Parts {
     pub(crate) store: Store,
     pub(crate) upstreams: Arc<Upstreams>,
+    pub(crate) links: Arc<Links>,
     pub(crate) manifests: Arc<Manifests>,
     pub(crate) signatures: Arc<Signatures>,
     pub(crate) metrics: Metrics,
@@ -67,41 +81,82 @@ pub(crate) struct Parts {
 
 impl Referrers {
     pub(crate) fn new(p: Parts) -> Referrers {
+        let memory = moka::future::Cache::builder()
+            .max_capacity(MEMORY_ENTRIES)
+            .weigher(|_, r: &Arc<ReferrersRecord>| {
+                u32::try_from(r.manifests.len() + 1).unwrap_or(u32::MAX)
+            });
         Referrers {
             store: p.store,
             upstreams: p.upstreams,
+            links: p.links,
             manifests: p.manifests,
             signatures: p.signatures,
             metrics: p.metrics,
             ttl: p.ttl,
             serve_stale: p.serve_stale,
-            memory: bounded(1_000_000, p.forget_after),
+            memory: match p.forget_after {
+                Some(t) => memory.time_to_live(t).build(),
+                None => memory.build(),
+            },
             flights: Default::default(),
         }
     }
 
     /// The referrers of `d` in the routed repository, only those of `artifact_type` when
-    /// given.
+    /// given. `signs`: archway's own signature joins the list when it vouches for `d`.
     pub(crate) async fn list(
         &self,
         route: &Route,
         d: &Digest,
         artifact_type: Option<&str>,
+        signs: bool,
     ) -> Result<Served<ReferrersList>> {
-        let upstream = self.upstream_list(route, d).await?;
-        let mut manifests = upstream.value.manifests.clone();
-        let source = match self.signatures.referrer(route, d).await? {
-            Some(ours) => {
-                if !manifests.contains(&ours) {
-                    manifests.push(ours);
+        let vouch = match signs {
+            true => self.signatures.vouched(route, d).await?,
+            false => None,
+        };
+        // An index archway built exists nowhere upstream: nothing there refers to it.
+        let built_here = vouch
+            .as_ref()
+            .is_some_and(|v| v.notes.contains_key(NOTE_UPSTREAM_DIGEST));
+        let upstream = match built_here {
+            true => None,
+            false => match self.upstream_list(route, d).await {
+                Ok(u) => Some(u),
+                Err(e) if vouch.is_some() && e.is_upstream_unavailable() => {
+                    tracing::warn!(
+                        repository = %route.repo, digest = %d, error = %crate::causes::Chain(&e),
+                        "upstream unavailable; listing archway's signature alone"
+                    );
+                    None
                 }
-                "synthesized"
-            }
-            None if upstream.provenance == Provenance::Cache => "cache",
-            None => match upstream.value.source.as_str() {
-                "upstream_api" => "upstream_api",
-                _ => "tag_schema",
+                Err(e) => return Err(e),
             },
+        };
+        let mut manifests = upstream
+            .as_ref()
+            .map(|u| u.value.manifests.clone())
+            .unwrap_or_default();
+        let ours = match vouch {
+            Some(_) => self.signatures.referrer(route, d).await?,
+            None => None,
+        };
+        let source = match (&ours, &upstream) {
+            (Some(_), _) => "synthesized",
+            (None, Some(u)) if u.provenance == Provenance::Cache => "cache",
+            (None, Some(u)) if u.value.source == "upstream_api" => "upstream_api",
+            (None, _) => "tag_schema",
+        };
+        if let Some(ours) = ours {
+            if !manifests.contains(&ours) {
+                manifests.push(ours);
+            }
+        }
+        let provenance = match (&upstream, built_here) {
+            (Some(u), _) => u.provenance,
+            (None, true) => Provenance::Synthesized,
+            (None, false) => Provenance::Stale,
         };
         self.metrics
             .referrers_requests
@@ -115,7 +170,7 @@ impl Referrers {
                 body: cosign::referrers_index(&manifests),
                 filtered: artifact_type.is_some(),
             },
-            upstream.provenance,
+            provenance,
         ))
     }
 
@@ -147,7 +202,14 @@ impl Referrers {
                 }
                 match self.fetch(route, d).await {
                     Ok(record) => {
-                        self.store.put_record(&path, &record).await?;
+                        // Kept across restarts for what is cached here; a listing for any
+                        // other digest a client names stays in memory, so asking for
+                        // random digests cannot fill the store.
+                        if !record.manifests.is_empty()
+                            || self.links.manifest(route, d).await?.is_some()
+                        {
+                            self.store.put_record(&path, &record).await?;
+                        }
                         let record = Arc::new(record);
                         self.memory.insert(k.clone(), record.clone()).await;
                         Ok(Served::new(record, Provenance::Upstream))
@@ -180,7 +242,7 @@ impl Referrers {
             Some(m) => ("upstream_api", m),
             None => ("tag_schema", self.listed_by_tag_schema(route, d).await?),
         };
-        let fetches = manifests.iter().filter_map(|m| {
+        let fetches: Vec<_> = manifests.iter().filter_map(|m| {
             let child = index::entry_digest(m).ok()?;
             Some(async move {
                 let got = self.manifests.get(route, &Reference::Digest(child.clone())).await;
@@ -191,8 +253,11 @@ impl Referrers {
                     );
                 }
             })
-        });
-        join_all(fetches).await;
+        }).collect();
+        futures_util::stream::iter(fetches)
+            .buffer_unordered(PREFETCH)
+            .collect::<Vec<()>>()
+            .await;
         Ok(ReferrersRecord {
             checked_at: now_millis(),
             source: source.into(),
@@ -206,17 +271,30 @@ impl Referrers {
             return Ok(None);
         };
         let mut all = std::mem::take(&mut page.manifests);
-        for _ in 1..MAX_PAGES {
-            let Some(next) = page.next.take() else {
+        let mut pages = 1;
+        while let Some(next) = page.next.take() {
+            if pages == MAX_PAGES || all.len() >= MAX_REFERRERS {
+                tracing::warn!(
+                    repository = %route.repo, digest = %d, pages, listed = all.len(),
+                    "the upstream's referrers list goes on; listing what came so far"
+                );
                 break;
-            };
+            }
             match remote.referrers(&route.repo, d, Some(&next)).await? {
                 Some(p) => {
                     page = p;
+                    pages += 1;
                     all.append(&mut page.manifests);
                 }
                 None => break,
             }
+        }
+        if all.len() > MAX_REFERRERS {
+            tracing::warn!(
+                repository = %route.repo, digest = %d, listed = all.len(),
+                "the upstream lists more than {MAX_REFERRERS} referrers; keeping the first"
+            );
+            all.truncate(MAX_REFERRERS);
         }
         Ok(Some(all))
     }
@@ -235,7 +313,8 @@ impl Referrers {
             return Ok(Vec::new());
         }
         let v: Value = serde_json::from_slice(&m.bytes).unwrap_or_default();
-        Ok(index::entries(&v).to_vec())
+        let entries = index::entries(&v);
+        Ok(entries[..entries.len().min(MAX_REFERRERS)].to_vec())
     }
 
     pub(crate) fn forget_all(&self) {
@@ -389,11 +468,14 @@ mod tests {
         assert_eq!(f.hub.count(&format!("GET app/referrers/{}", img.digest)), 1);
     }
 
+    const RULE: &str = "[[fallback]]\nrepository = \"hub.test/app/go\"\n[fallback.platforms]\n\"linux/s390x\" = \"hub.test/app/go:s390x-{tag}\"\n";
+
     #[tokio::test]
     async fn archways_signature_is_listed_for_what_it_signs() {
         let key = crate::signing::SigningKey::generate();
-        let f = Fixture::signing(&key, "[[fallback]]\nrepository = \"hub.test/app/go\"\n[fallback.platforms]\n\"linux/s390x\" = \"hub.test/app/go:s390x-{tag}\"\n");
-        Image::new("linux/amd64", 700).push(&f.hub, "app/go", "latest");
+        let mut f = Fixture::signing(&key, RULE);
+        let amd64 = Image::new("linux/amd64", 700);
+        amd64.push(&f.hub, "app/go", "latest");
         Image::new("linux/s390x", 701).push(&f.hub, "app/go", "s390x-latest");
         let index = f.resolve("app/go").await.value.manifest.clone();
         let route = f.route("app/go");
@@ -424,5 +506,66 @@ mod tests {
                 .get(),
             1
         );
+        // The index exists nowhere upstream: nothing there is asked about it.
+        assert_eq!(
+            f.hub
+                .count(&format!("GET app/go/referrers/{}", index.digest)),
+            0
+        );
+        assert_eq!(
+            f.hub.count(&format!(
+                "GET app/go/manifests/{}",
+                cosign::referrers_tag(&index.digest)
+            )),
+            0
+        );
+
+        // An upstream entry archway signs: when the upstream cannot be asked, archway's
+        // signature is the answer.
+        f.hub.set_down(Some(503));
+        let alone = f
+            .registry
+            .referrers(&route, &amd64.digest, None)
+            .await
+            .unwrap();
+        assert_eq!(alone.provenance, Provenance::Stale);
+        assert_eq!(listed(&alone.value).len(), 1);
+        f.hub.set_down(None);
+
+        // The rule is removed: archway no longer lists a signature of its own.
+        f.reconfigure("");
+        let route = f.route("app/go");
+        let after = f
+            .registry
+            .referrers(&route, &amd64.digest, None)
+            .await
+            .unwrap();
+        assert_eq!(listed(&after.value), Vec::<Value>::new());
+    }
+
+    #[tokio::test]
+    async fn an_endless_upstream_list_is_cut_short() {
+        let f = Fixture::new("1h", "");
+        let img = Image::new("linux/amd64", 800);
+        img.push(&f.hub, "app", "v1");
+        let entry = |i: usize| {
+            serde_json::json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": Digest::sha256_of(i.to_string().as_bytes()).to_string(),
+                "size": 100,
+                "artifactType": SBOM,
+            })
+        };
+        f.hub.list_referrers(
+            "app",
+            &img.digest,
+            (0..MAX_REFERRERS + 5).map(entry).collect(),
+        );
+        let got = f
+            .registry
+            .referrers(&f.route("app"), &img.digest, None)
+            .await
+            .unwrap();
+        assert_eq!(listed(&got.value).len(), MAX_REFERRERS);
     }
 }

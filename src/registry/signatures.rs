@@ -33,8 +33,8 @@ use crate::storage::Store;
 
 /// The notes a payload's `optional` carries.
 pub const NOTE_UPSTREAM_DIGEST: &str = "io.archway.upstream.digest";
-pub const NOTE_UPSTREAM_REFERENCE: &str = "io.archway.upstream.reference";
-pub const NOTE_FALLBACK_REFERENCE: &str = "io.archway.fallback.reference";
+pub const NOTE_UPSTREAM_REPOSITORY: &str = "io.archway.upstream.repository";
+pub const NOTE_FALLBACK_REPOSITORY: &str = "io.archway.fallback.repository";
 
 pub(crate) struct Signatures {
     /// `None`: no `[signing]`, archway signs nothing and passes the upstream's through.
@@ -48,9 +48,6 @@ pub(crate) struct Signatures {
     /// name), which signatures name as the identity.
     registries: Vec<String>,
     vouches: moka::future::Cache<LinkKey, Arc<VouchRecord>>,
-    /// Digests found not vouched for, for the tag TTL: clients ask for the `.sig` of every
-    /// image they verify, and most are not archway's to sign.
-    unvouched: Option<moka::future::Cache<LinkKey, ()>>,
     /// Signature manifests built, kept for the tag TTL: the upstream's own signature, which
     /// they include, may change.
     built: moka::future::Cache<LinkKey, Arc<Manifest>>,
@@ -92,12 +89,6 @@ impl Signatures {
             metrics,
             registries: settings.registries,
             vouches: bounded(1_000_000, settings.forget_after),
-            unvouched: (!settings.ttl.is_zero()).then(|| {
-                moka::future::Cache::builder()
-                    .max_capacity(1_000_000)
-                    .time_to_live(settings.ttl)
-                    .build()
-            }),
             built,
             referrers: bounded(100_000, settings.forget_after),
         }
@@ -139,9 +130,6 @@ impl Signatures {
         };
         let path = layout::signed(self.upstreams.name(route), &route.repo, d);
         self.store.put_record_if_absent(&path, &record).await?;
-        if let Some(u) = &self.unvouched {
-            u.invalidate(&k).await;
-        }
         // Whatever stands in the store is what every replica signs.
         if let Some(stored) = self.store.get_record::<VouchRecord>(&path).await? {
             self.vouches.insert(k, Arc::new(stored)).await;
@@ -162,16 +150,9 @@ impl Signatures {
         if let Some(v) = self.vouches.get(&k).await {
             return Ok(Some(v));
         }
-        if let Some(u) = &self.unvouched {
-            if u.contains_key(&k) {
-                return Ok(None);
-            }
-        }
+        // Not remembered when absent: another replica may vouch for it any moment.
         let path = layout::signed(self.upstreams.name(route), &route.repo, d);
         let Some(v) = self.store.get_record::<VouchRecord>(&path).await? else {
-            if let Some(u) = &self.unvouched {
-                u.insert(k, ()).await;
-            }
             return Ok(None);
         };
         let v = Arc::new(v);
@@ -210,7 +191,7 @@ impl Signatures {
         let Some(ours) = self.sign(route, &d, &vouch) else {
             return Ok(None);
         };
-        let mut layers = self.upstream_layers(route, tag).await;
+        let (mut layers, complete) = self.upstream_layers(route, tag).await;
         let own = ours.layer();
         if !layers.contains(&own) {
             layers.push(own);
@@ -221,33 +202,44 @@ impl Signatures {
             (Digest::sha256_of(&config), config),
         ];
         let m = self.publish(route, &blobs, &layers, manifest).await?;
-        self.built.insert(key(route, &d), m.clone()).await;
+        // Without the upstream's layers it is built again next time, so they join it as
+        // soon as the upstream answers.
+        if complete {
+            self.built.insert(key(route, &d), m.clone()).await;
+        }
         self.metrics.signatures_served.inc();
         Ok(Some(Served::new(m, Provenance::Synthesized)))
     }
 
-    /// The layers of the upstream's own signature manifest at `tag`, if it has one. An
-    /// upstream that cannot be asked right now leaves archway's signature on its own.
-    async fn upstream_layers(&self, route: &Route, tag: &Tag) -> Vec<Value> {
+    /// The layers of the upstream's own signature manifest at `tag`, if it has one, and
+    /// whether the answer is complete. An upstream that cannot be asked right now leaves
+    /// archway's signature on its own.
+    async fn upstream_layers(&self, route: &Route, tag: &Tag) -> (Vec<Value>, bool) {
         let m = match self
             .manifests
             .get(route, &Reference::Tag(tag.clone()))
             .await
         {
             Ok(m) => m.value,
-            Err(Error::ManifestUnknown(_)) => return Vec::new(),
+            Err(Error::ManifestUnknown(_)) => return (Vec::new(), true),
             Err(e) => {
                 tracing::warn!(
                     repository = %route.repo, tag = %tag, error = %crate::causes::Chain(&e),
                     "cannot read the upstream's signature; serving archway's alone"
                 );
-                return Vec::new();
+                return (Vec::new(), false);
             }
         };
-        serde_json::from_slice::<Value>(&m.bytes)
+        let layers = serde_json::from_slice::<Value>(&m.bytes)
             .ok()
-            .and_then(|v| v.get("layers").and_then(Value::as_array).cloned())
-            .unwrap_or_default()
+            .and_then(|v| v.get("layers").and_then(Value::as_array).cloned());
+        if layers.is_none() {
+            tracing::warn!(
+                repository = %route.repo, tag = %tag,
+                "the upstream's signature manifest has no layers; serving archway's alone"
+            );
+        }
+        (layers.unwrap_or_default(), true)
     }
 
     /// archway's signature of `d` as an OCI 1.1 referrer (an artifact manifest whose
@@ -325,9 +317,6 @@ impl Signatures {
     /// Forgets what memory holds (a collection may have removed some of it).
     pub(crate) fn forget_all(&self) {
         self.vouches.invalidate_all();
-        if let Some(u) = &self.unvouched {
-            u.invalidate_all();
-        }
         self.built.invalidate_all();
         self.referrers.invalidate_all();
     }
@@ -429,8 +418,8 @@ repository = "hub.test/app/go"
         let s = signed(&key, 100).await;
         for (d, note) in [
             (&s.index, NOTE_UPSTREAM_DIGEST),
-            (&s.s390x.digest, NOTE_FALLBACK_REFERENCE),
-            (&s.amd64.digest, NOTE_UPSTREAM_REFERENCE),
+            (&s.s390x.digest, NOTE_FALLBACK_REPOSITORY),
+            (&s.amd64.digest, NOTE_UPSTREAM_REPOSITORY),
         ] {
             let m = sig(&s.f, d).await.unwrap();
             assert_eq!(m.provenance, Provenance::Synthesized);
@@ -449,8 +438,8 @@ repository = "hub.test/app/go"
         let s390x =
             verified_payloads(&s.f, &sig(&s.f, &s.s390x.digest).await.unwrap().value, &key).await;
         assert_eq!(
-            s390x[0]["optional"][NOTE_FALLBACK_REFERENCE],
-            "hub.test/app/go:s390x-latest"
+            s390x[0]["optional"][NOTE_FALLBACK_REPOSITORY],
+            "hub.test/app/go"
         );
         // Another key does not verify them.
         let other = SigningKey::generate();
@@ -512,6 +501,37 @@ repository = "hub.test/app/go"
             let (x, y) = (sig(&a.f, d).await.unwrap(), sig(&b.f, d).await.unwrap());
             assert_eq!(x.value.bytes, y.value.bytes, "{d}");
         }
+    }
+
+    #[tokio::test]
+    async fn removing_the_rule_withdraws_archways_signatures() {
+        let key = SigningKey::generate();
+        let mut s = signed(&key, 350).await;
+        assert!(sig(&s.f, &s.s390x.digest).await.is_ok());
+        s.f.reconfigure("");
+        let e = sig(&s.f, &s.s390x.digest).await.unwrap_err();
+        assert_eq!(e.code(), "MANIFEST_UNKNOWN", "the upstream's answer");
+    }
+
+    #[tokio::test]
+    async fn tags_derived_from_digests_are_never_synthesized() {
+        let key = SigningKey::generate();
+        let s = signed(&key, 370).await;
+        // An attestation the upstream attached, cosign style, to its amd64 image.
+        let att = Image::new("linux/amd64", 371);
+        let tag = format!("sha256-{}.att", s.amd64.digest.hex());
+        att.push(&s.f.hub, "app/go", &tag);
+        let got =
+            s.f.registry
+                .tag_manifest(&s.f.route("app/go"), &tag.parse().unwrap())
+                .await
+                .unwrap();
+        assert_eq!(got.value.digest, att.digest, "byte for byte the upstream's");
+        assert_eq!(
+            s.f.hub.count(&format!("GET app/go/manifests/s390x-{tag}")),
+            0,
+            "no fallback looked for"
+        );
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use super::links::Links;
 use super::manifests::{Manifest, Manifests};
 use super::provenance::{Provenance, Served};
 use super::signatures::{
-    Signatures, NOTE_FALLBACK_REFERENCE, NOTE_UPSTREAM_DIGEST, NOTE_UPSTREAM_REFERENCE,
+    Signatures, NOTE_FALLBACK_REPOSITORY, NOTE_UPSTREAM_DIGEST, NOTE_UPSTREAM_REPOSITORY,
 };
 use super::tags;
 use super::upstreams::Upstreams;
@@ -88,8 +88,6 @@ struct Admitted {
     descriptor: Value,
     child: Arc<Manifest>,
     from: Route,
-    /// The fallback reference it was found at.
-    reference: String,
 }
 
 /// The upstream's side of a tag: its entries (or its one manifest, as an entry).
@@ -214,7 +212,7 @@ impl Synthesis {
             bytes: bytes.into(),
         });
         self.store_index(route, &index, &admitted).await?;
-        self.vouch(route, tag, &index, &base, &admitted).await?;
+        self.vouch(route, &index, &base, &admitted).await?;
         self.metrics.synthesized.inc();
         let report = self.report(route, tag, &index, &base, true);
         Ok(Served::new(
@@ -411,7 +409,6 @@ impl Synthesis {
             ),
             child,
             from: fb.route.clone(),
-            reference: fb.reference.clone(),
         })
     }
 
@@ -473,13 +470,15 @@ impl Synthesis {
     }
 
     /// Records what archway vouches for when it signs: the index (built from the upstream's
-    /// manifest), each of the upstream's entries (served for this tag), and each fallback
-    /// (found at its reference). A node that pulls one platform checks that platform
-    /// manifest's signature, never the index's, so every entry needs one.
+    /// manifest), each of the upstream's image entries (served in this repository), and each
+    /// fallback (found in its repository). A node that pulls one platform checks that
+    /// platform manifest's signature, never the index's, so every entry needs one.
+    ///
+    /// The notes name repositories, never tags: the first record of a digest stands, and a
+    /// digest served under several tags must sign into the same bytes whichever came first.
     async fn vouch(
         &self,
         route: &Route,
-        tag: &Tag,
         index: &Manifest,
         base: &Base,
         admitted: &[Admitted],
@@ -495,7 +494,7 @@ impl Synthesis {
                 note(NOTE_UPSTREAM_DIGEST, upstream),
             )
             .await?;
-        let reference = format!("{}:{tag}", self.signatures.logical_name(route));
+        let repository = self.signatures.logical_name(route);
         let upstream_entries = base.entries.len() - admitted.len();
         for e in &base.entries[..upstream_entries] {
             let (Ok(d), Some(mt), Some(size)) = (
@@ -505,13 +504,18 @@ impl Synthesis {
             ) else {
                 continue;
             };
+            // Not an image: an attestation buildx attached (`unknown/unknown`), or a nested
+            // index. archway vouches for images it serves, nothing else.
+            if index::is_attachment(e) || is_index(mt) {
+                continue;
+            }
             self.signatures
                 .vouch(
                     route,
                     &d,
                     mt,
                     size,
-                    note(NOTE_UPSTREAM_REFERENCE, reference.clone()),
+                    note(NOTE_UPSTREAM_REPOSITORY, repository.clone()),
                 )
                 .await?;
         }
@@ -523,7 +527,10 @@ impl Synthesis {
                     &c.digest,
                     &c.media_type,
                     c.bytes.len() as u64,
-                    note(NOTE_FALLBACK_REFERENCE, a.reference.clone()),
+                    note(
+                        NOTE_FALLBACK_REPOSITORY,
+                        self.signatures.logical_name(&a.from),
+                    ),
                 )
                 .await?;
         }

@@ -45,7 +45,10 @@ pub(crate) struct Fixture {
     pub(crate) hub: Arc<MemoryUpstream>,
     pub(crate) quay: Arc<MemoryUpstream>,
     pub(crate) store: Store,
-    _dir: TempDir,
+    shared: Shared,
+    /// The `[signing]` table, kept across `reconfigure`.
+    signing: String,
+    dir: TempDir,
 }
 
 impl Fixture {
@@ -64,11 +67,42 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("signing.pem");
         std::fs::write(&path, key.private_pem().expect("pem")).expect("write key");
-        let extra = format!("{extra}\n[signing]\nkey = \"{}\"\n", path.display());
-        Fixture::in_dir(dir, "1h", "", &extra)
+        let signing = format!("\n[signing]\nkey = \"{}\"\n", path.display());
+        let mut f = Fixture::in_dir(dir, "1h", "", &format!("{extra}{signing}"));
+        f.signing = signing;
+        f
+    }
+
+    /// The registry again over the same store and upstreams, with `extra` instead (what a
+    /// reload does). `[signing]` stays.
+    pub(crate) fn reconfigure(&mut self, extra: &str) {
+        let extra = format!("{extra}{}", self.signing);
+        let config = Fixture::config(&self.dir, "1h", "", &extra);
+        let remotes: Vec<Arc<dyn Remote>> = vec![self.hub.clone(), self.quay.clone()];
+        self.registry = Registry::with_remotes(config, &self.shared, remotes);
     }
 
     fn in_dir(dir: TempDir, tag_ttl: &str, cache: &str, extra: &str) -> Fixture {
+        let config = Fixture::config(&dir, tag_ttl, cache, extra);
+        let shared = Shared::open(&config.storage).expect("store");
+        let (hub, quay) = (
+            Arc::new(MemoryUpstream::new("hub")),
+            Arc::new(MemoryUpstream::new("quay")),
+        );
+        let remotes: Vec<Arc<dyn Remote>> = vec![hub.clone(), quay.clone()];
+        let registry = Registry::with_remotes(config, &shared, remotes);
+        Fixture {
+            registry,
+            hub,
+            quay,
+            store: shared.store.clone(),
+            shared,
+            signing: String::new(),
+            dir,
+        }
+    }
+
+    fn config(dir: &TempDir, tag_ttl: &str, cache: &str, extra: &str) -> Config {
         let toml = format!(
             r#"
 [storage]
@@ -90,21 +124,7 @@ hosts = ["quay.io"]
 "#,
             spool = dir.path().display()
         );
-        let config = Config::from_toml(&toml, "test", None).expect("test config");
-        let shared = Shared::open(&config.storage).expect("store");
-        let (hub, quay) = (
-            Arc::new(MemoryUpstream::new("hub")),
-            Arc::new(MemoryUpstream::new("quay")),
-        );
-        let remotes: Vec<Arc<dyn Remote>> = vec![hub.clone(), quay.clone()];
-        let registry = Registry::with_remotes(config, &shared, remotes);
-        Fixture {
-            registry,
-            hub,
-            quay,
-            store: shared.store,
-            _dir: dir,
-        }
+        Config::from_toml(&toml, "test", None).expect("test config")
     }
 
     /// Routes a name as a client would send it.

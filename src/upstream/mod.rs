@@ -420,26 +420,12 @@ impl Remote for Upstream {
         let Some(resp) = self.answer(Method::GET, &path, repo, accept).await? else {
             return Ok(None);
         };
-        if resp
-            .content_length()
-            .is_some_and(|l| l > MAX_MANIFEST_SIZE as u64)
-        {
-            return Err(self.too_large());
-        }
         let h = resp.headers();
         let media_type = header_str(h, CONTENT_TYPE.as_str()).map(str::to_string);
         let digest = header_str(h, "docker-content-digest").and_then(|d| d.parse().ok());
-        let mut body = BytesMut::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.transport(e))?;
-            if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
-                return Err(self.too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = self.read_limited(resp).await?;
         Ok(Some(FetchedManifest {
-            bytes: body.freeze(),
+            bytes: body,
             media_type,
             digest,
         }))
@@ -503,8 +489,16 @@ impl Remote for Upstream {
         // A next page is followed only on the same registry: a link elsewhere would take our
         // credentials with it.
         let path = match next {
-            Some(p) if p.starts_with("/v2/") => p.trim_start_matches('/').to_string(),
-            Some(_) => return Ok(None),
+            Some(p) => match self.same_registry(p) {
+                Some(p) => p,
+                None => {
+                    tracing::warn!(
+                        upstream = %self.name, repository = %repo, digest = %d, next = p,
+                        "referrers list continues on another registry; listing what came so far"
+                    );
+                    return Ok(None);
+                }
+            },
             None => format!("v2/{repo}/referrers/{d}"),
         };
         let url = self.url(&path)?;
@@ -512,15 +506,18 @@ impl Remote for Upstream {
             .send(Method::GET, url, repo, Some(media::OCI_INDEX))
             .await?;
         let status = resp.status();
-        // No referrers API: the spec's 404, or what registries that predate it answer.
-        if matches!(status.as_u16(), 400 | 404 | 405 | 406) {
+        // No referrers API: the spec's 404, or whatever client error a registry that
+        // predates it answers for a path it does not know (400, 405, 406, some a 401 with no
+        // challenge...). Refusals that concern us (auth, rate limits) and server errors are
+        // errors: reading the tag schema instead would hide them.
+        if status.is_client_error() && !matches!(status.as_u16(), 401 | 403 | 429) {
             return Ok(None);
         }
         if !status.is_success() {
             return Err(self.fail(resp).await);
         }
         let next = header_str(resp.headers(), "link").and_then(next_link);
-        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
+        let body = self.read_limited(resp).await?;
         let Ok(index) = serde_json::from_slice::<serde_json::Value>(&body) else {
             return Ok(None);
         };
@@ -531,6 +528,45 @@ impl Remote for Upstream {
             manifests: manifests.clone(),
             next,
         }))
+    }
+}
+
+impl Upstream {
+    /// A manifest-like body (a manifest, a referrers page), refused past
+    /// [`MAX_MANIFEST_SIZE`] bytes announced or sent: such a document has no business being
+    /// larger, and it is held in memory whole.
+    async fn read_limited(&self, resp: reqwest::Response) -> UResult<Bytes> {
+        if resp
+            .content_length()
+            .is_some_and(|l| l > MAX_MANIFEST_SIZE as u64)
+        {
+            return Err(self.too_large());
+        }
+        let mut body = BytesMut::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.transport(e))?;
+            if body.len() + chunk.len() > MAX_MANIFEST_SIZE {
+                return Err(self.too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
+    /// `link` as a path on this upstream (`v2/...?...`), when it stays on it: a relative
+    /// path, or an absolute URL of the same scheme, host and port.
+    fn same_registry(&self, link: &str) -> Option<String> {
+        let url = self.base.join(link).ok()?;
+        let same = url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default();
+        // Relative to the base, which may sit under a path prefix.
+        let path = url.path().strip_prefix(self.base.path())?;
+        (same && path.starts_with("v2/")).then(|| match url.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        })
     }
 }
 
@@ -550,4 +586,38 @@ fn next_link(link: &str) -> Option<String> {
 
 fn header_str<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn upstream(url: &str) -> Upstream {
+        let toml = format!("[[upstream]]\nname = \"u\"\nurl = \"{url}\"\n");
+        let cfg = Config::from_toml(&toml, "test", None).unwrap();
+        Upstream::new(&cfg.upstreams[0], Metrics::new()).unwrap()
+    }
+
+    #[test]
+    fn next_pages_are_followed_only_on_the_same_registry() {
+        let u = upstream("https://reg.test/mirror");
+        let same = |l: &str| u.same_registry(l);
+        assert_eq!(
+            same("/mirror/v2/app/referrers/sha256:ab?n=1&last=x").as_deref(),
+            Some("v2/app/referrers/sha256:ab?n=1&last=x")
+        );
+        assert_eq!(
+            same("https://reg.test:443/mirror/v2/app/referrers/x").as_deref(),
+            Some("v2/app/referrers/x")
+        );
+        assert_eq!(same("https://other.test/mirror/v2/app/referrers/x"), None);
+        assert_eq!(same("http://reg.test/mirror/v2/app/referrers/x"), None);
+        assert_eq!(same("https://reg.test:8443/mirror/v2/app/x"), None);
+        assert_eq!(same("/v2/app/referrers/x"), None, "outside the base path");
+        assert_eq!(
+            next_link(r#"</v2/a?last=b>; rel="next""#).as_deref(),
+            Some("/v2/a?last=b")
+        );
+    }
 }

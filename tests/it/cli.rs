@@ -55,6 +55,37 @@ hosts = ["quay.io"]
 }
 
 #[test]
+fn check_config_warns_when_signatures_would_name_no_real_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let (code, _, err) = archway(&["signing-key", "generate", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let write = |hosts: &str| {
+        let cfg = dir.path().join("signing.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\n{hosts}default = true\n\
+                 [[fallback]]\nrepository = \"hub/team/app\"\n[fallback.platforms]\n\"linux/s390x\" = \"hub/team/app:s390x-{{tag}}\"\n\
+                 [signing]\nkey = \"{}\"\n",
+                key.display()
+            ),
+        )
+        .unwrap();
+        let (code, _, err) = archway(&["check-config", cfg.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        err
+    };
+    let err = write("");
+    assert!(
+        err.contains("fallback hub/team/app: upstream hub has no `hosts`"),
+        "{err}"
+    );
+    let err = write("hosts = [\"registry.example\"]\n");
+    assert!(!err.contains("warning"), "{err}");
+}
+
+#[test]
 fn bad_config_names_the_file_key_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");

@@ -306,10 +306,7 @@ async fn containers_image_fetches_archways_signature_through_the_mirror() {
         p["critical"]["image"]["docker-manifest-digest"],
         t.s390x.digest.as_str()
     );
-    assert_eq!(
-        p["optional"]["io.archway.fallback.reference"],
-        format!("{NAME}:s390x-latest")
-    );
+    assert_eq!(p["optional"]["io.archway.fallback.repository"], NAME);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
