@@ -50,6 +50,9 @@ pub enum Error {
     TooManyRequests(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// Credentials that do not open what they were sent to (the cluster's internal endpoint).
+    #[error("{0}")]
+    Denied(&'static str),
     /// The upstream failed; what that means for the client depends on how (see
     /// [`UpstreamError::failure`]).
     #[error("{}", upstream_summary(.0))]
@@ -112,6 +115,7 @@ impl Error {
             Error::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Error::TooManyRequests(_) => "TOOMANYREQUESTS",
             Error::Unauthorized(_) => "UNAUTHORIZED",
+            Error::Denied(_) => "DENIED",
             Error::Upstream(e) => match e.failure() {
                 Failure::RateLimited => "TOOMANYREQUESTS",
                 Failure::Denied => "DENIED",
@@ -143,6 +147,7 @@ impl Error {
             Error::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Denied(_) => StatusCode::FORBIDDEN,
             Error::Upstream(e) => match e.failure() {
                 Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,
                 Failure::Denied => StatusCode::FORBIDDEN,

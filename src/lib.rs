@@ -29,7 +29,7 @@
 //! | 3 | `upstream` | the client for upstream registries |
 //! | 4 | `error` | the errors a request can end in |
 //! | 5 | `routing` `storage` | which upstream serves a name; the object-store cache |
-//! | 6 | `gc` | the bounded cache: access times, eviction |
+//! | 6 | `gc` `cluster` | the bounded cache: access times, eviction; fill leases and peers across replicas |
 //! | 7 | `registry` | the services: manifests, blobs, links, tags, synthesis |
 //! | 8 | `http` | the HTTP front: server, handlers, admin listener |
 //! | 9 | `live` | the running configuration, swapped on SIGHUP |
@@ -39,6 +39,7 @@
 
 pub mod causes;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod gc;

@@ -123,6 +123,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.admin != new.admin {
         changed.push("admin.listen");
     }
+    if old.cluster != new.cluster {
+        changed.push("cluster");
+    }
     if old.storage != new.storage {
         changed.push("storage");
     }

@@ -56,6 +56,14 @@ pub struct Metrics {
     pub signatures_served: IntCounter,
     /// `archway_referrers_requests_total`; source: upstream_api, tag_schema, cache, synthesized
     pub referrers_requests: IntCounterVec,
+    /// `archway_fill_leases_total`; outcome: owned (this replica fetched from the upstream),
+    /// followed (streamed from the replica that did), taken_over (its owner stopped renewing),
+    /// fallback (its owner could not be reached for a lease TTL; fetched here).
+    pub fill_leases: IntCounterVec,
+    /// `archway_peer_bytes_total`: blob bytes received from other replicas' fills.
+    pub peer_bytes: IntCounter,
+    /// `archway_blob_redirects_total`: cached blobs answered by a redirect to the object store.
+    pub blob_redirects: IntCounter,
 }
 
 /// Registers each metric as it is made. The names and labels are constants of this file,
@@ -163,6 +171,19 @@ impl Metrics {
                 "referrers_requests_total",
                 "Referrers listings answered, by where the list came from.",
                 &["source"],
+            ),
+            fill_leases: b.counters(
+                "fill_leases_total",
+                "Cluster fills of cold blobs, by how this replica took part.",
+                &["outcome"],
+            ),
+            peer_bytes: b.counter(
+                "peer_bytes_total",
+                "Blob bytes received from the fills of other replicas.",
+            ),
+            blob_redirects: b.counter(
+                "blob_redirects_total",
+                "Cached blobs answered by a redirect to a presigned object-store URL.",
             ),
             collectors,
         }

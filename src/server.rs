@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigErrors};
 use crate::gc::{self, Collector};
 use crate::http;
@@ -31,6 +32,8 @@ pub enum StartupError {
     Store(#[from] OpenError),
     #[error(transparent)]
     Upstream(#[from] BuildError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::BuildError),
     #[error("server.tls: the certificate cannot be used")]
     Tls(#[from] TlsError),
     #[error("{key}: cannot listen on {addr}")]
@@ -57,9 +60,23 @@ impl Server {
     /// Opens the store and the upstream clients and binds the listeners. `path` is the config
     /// file that SIGHUP re-reads (`None` for the embedded default).
     pub async fn bind(config: Config, path: Option<PathBuf>) -> Result<Server, StartupError> {
-        let shared = Shared::open(&config.storage)?;
+        let mut shared = Shared::open(&config.storage)?;
         let collector = Arc::new(shared.collector(&config.storage));
         let listener = listen("server.listen", config.server.listen).await?;
+        if let Some(c) = &config.cluster {
+            // The advertised address may name the port just bound (POD_IP and port 0).
+            let port = listener
+                .local_addr()
+                .map_err(|source| StartupError::Listen {
+                    key: "server.listen",
+                    addr: config.server.listen,
+                    source,
+                })?
+                .port();
+            let me = c.advertise.url(port, config.server.tls.is_some());
+            let cluster = Cluster::new(c, me, shared.store.clone(), shared.metrics.clone())?;
+            shared.cluster = Some(Arc::new(cluster));
+        }
         let admin = match &config.admin {
             Some(a) => Some(listen("admin.listen", a.listen).await?),
             None => None,
@@ -120,6 +137,7 @@ impl Server {
             storage = %registry.config.storage.url,
             max_size = registry.config.storage.gc.max_size.map(gc::human_bytes).unwrap_or_else(|| "unbounded".into()),
             upstreams = registry.upstream_count(),
+            cluster = %registry.cluster().map_or_else(|| "off".to_string(), |c| c.advertised().to_string()),
             "archway is serving"
         );
         drop(registry);

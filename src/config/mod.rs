@@ -4,11 +4,12 @@
 //! then each section's `validate` checks every value of its table. All problems are collected,
 //! each naming its key, so an admin fixes a config in one round instead of one error per
 //! restart. One file per section: `server`, `storage`, `cache`, `upstream`, `admin`, `auth`,
-//! `fallback` (with `[multiarch]`) and `signing`.
+//! `fallback` (with `[multiarch]`), `signing` and `cluster`.
 
 mod admin;
 mod auth;
 mod cache;
+mod cluster;
 mod fallback;
 mod server;
 mod signing;
@@ -24,10 +25,11 @@ use serde::Deserialize;
 pub use admin::AdminConfig;
 pub use auth::{parse_htpasswd, AuthConfig};
 pub use cache::CacheConfig;
+pub use cluster::{Advertise, ClusterConfig};
 pub use fallback::{expand_template, FallbackConfig, MultiarchConfig, TEMPLATE_PLACEHOLDERS};
 pub use server::{ServerConfig, TlsFiles};
 pub use signing::SigningConfig;
-pub use storage::{AzureConfig, GcConfig, S3Config, StorageConfig, StorageUrl};
+pub use storage::{AzureConfig, GcConfig, RedirectConfig, S3Config, StorageConfig, StorageUrl};
 pub use upstream::UpstreamConfig;
 use values::Errors;
 
@@ -96,6 +98,8 @@ struct RawConfig {
     fallback: Vec<fallback::RawFallback>,
     #[serde(default)]
     signing: Option<signing::RawSigning>,
+    #[serde(default)]
+    cluster: Option<cluster::RawCluster>,
 }
 
 /// A validated configuration: every value parsed, every file it names read.
@@ -121,6 +125,8 @@ pub struct Config {
     pub fallbacks: Vec<FallbackConfig>,
     /// archway's signing key, when `[signing]` is configured.
     pub signing: Option<SigningConfig>,
+    /// Replicas coordinating their fills, when `[cluster]` is configured.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -165,6 +171,21 @@ impl Config {
         let multiarch = fallback::validate_multiarch(raw.multiarch, &mut errs);
         let fallbacks = fallback::validate(raw.fallback, &upstreams, &mut errs);
         let signing = signing::validate(raw.signing, base, &mut errs);
+        let cluster = cluster::validate(raw.cluster, base, &mut errs);
+        if cluster.is_some()
+            && !matches!(
+                storage.url,
+                StorageUrl::S3 { .. } | StorageUrl::Azure { .. }
+            )
+        {
+            errs.push(
+                "cluster",
+                format!(
+                    "replicas cannot share a {} cache; [cluster] needs an s3:// or az:// store",
+                    storage.url
+                ),
+            );
+        }
         if !errs.0.is_empty() {
             return Err(fail(errs.0));
         }
@@ -179,6 +200,7 @@ impl Config {
             multiarch,
             fallbacks,
             signing,
+            cluster,
         })
     }
 }

@@ -23,6 +23,8 @@ pub(super) struct RawStorage {
     max_size: Option<String>,
     gc_interval: Option<String>,
     gc_min_age: Option<String>,
+    redirect: Option<String>,
+    redirect_base_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,7 +60,22 @@ pub struct StorageConfig {
     pub spool_dir: PathBuf,
     /// The bounded cache: how large it may grow and how eviction runs.
     pub gc: GcConfig,
+    /// Cached blobs answered by redirect to the object store; `None`: streamed through.
+    pub redirect: Option<RedirectConfig>,
 }
+
+/// `[storage] redirect`, `redirect_base_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectConfig {
+    /// How long a presigned URL stays valid.
+    pub expires: Duration,
+    /// Replaces the presigned URL's scheme, host and port (a CDN in front of the bucket).
+    pub base_url: Option<url::Url>,
+}
+
+/// S3 presigns URLs for at most a week; Azure SAS has no such cap, but a blob URL that lives
+/// longer than a pull has no use.
+const MAX_REDIRECT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageUrl {
@@ -175,6 +192,7 @@ impl Default for GcConfig {
 
 pub(super) fn validate(raw: RawStorage, base: Option<&Path>, errs: &mut Errors) -> StorageConfig {
     let url = storage_url(errs, raw.storage_url());
+    let redirect = redirect(&raw, &url, errs);
     let s3 = s3(raw.s3, base, errs);
     if s3 != S3Config::default() && !matches!(url, StorageUrl::S3 { .. }) {
         errs.push("storage.s3", "set, but storage.url is not an s3:// URL");
@@ -214,7 +232,56 @@ pub(super) fn validate(raw: RawStorage, base: Option<&Path>, errs: &mut Errors) 
         azure,
         spool_dir,
         gc,
+        redirect,
     }
+}
+
+fn redirect(raw: &RawStorage, url: &StorageUrl, errs: &mut Errors) -> Option<RedirectConfig> {
+    let Some(expires) = raw.redirect.as_deref() else {
+        if raw.redirect_base_url.is_some() {
+            errs.push(
+                "storage.redirect_base_url",
+                "set, but storage.redirect is not: redirects are off",
+            );
+        }
+        return None;
+    };
+    let expires = values::duration(errs, "storage.redirect", Some(expires), Duration::ZERO);
+    if !matches!(url, StorageUrl::S3 { .. } | StorageUrl::Azure { .. }) {
+        errs.push(
+            "storage.redirect",
+            format!("only for s3:// and az:// stores (clients cannot be sent to {url})"),
+        );
+        return None;
+    }
+    if expires < Duration::from_secs(1) || expires > MAX_REDIRECT {
+        errs.push(
+            "storage.redirect",
+            "must be between 1s and 7d (how long a presigned URL stays valid)",
+        );
+        return None;
+    }
+    let base_url = match raw.redirect_base_url.as_deref() {
+        None => None,
+        Some(s) => match url::Url::parse(s) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+                    && u.path() == "/"
+                    && u.query().is_none() =>
+            {
+                Some(u)
+            }
+            _ => {
+                errs.push(
+                    "storage.redirect_base_url",
+                    format!("{s:?}: must be an http(s) URL of a scheme, host and port only (e.g. \"https://cdn.example.com\")"),
+                );
+                None
+            }
+        },
+    };
+    Some(RedirectConfig { expires, base_url })
 }
 
 impl RawStorage {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use futures_util::TryStreamExt;
 use http::header::{
     HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK,
-    RANGE, USER_AGENT,
+    LOCATION, RANGE, USER_AGENT,
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -19,7 +19,7 @@ use crate::oci::media::Accept;
 use crate::oci::reference::ReferenceError;
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::range;
-use crate::registry::Registry;
+use crate::registry::{BlobAnswer, Registry};
 use crate::routing::Route;
 
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
@@ -30,6 +30,9 @@ const OCI_INDEX: HeaderValue = HeaderValue::from_static("application/vnd.oci.ima
 
 /// A route label for metrics and logs: bounded cardinality, never the repository name.
 pub fn route_label(path: &str) -> &'static str {
+    if path.starts_with(crate::cluster::FILL_PATH) {
+        return "peer_fill";
+    }
     match endpoint::parse(path) {
         Endpoint::Base => "base",
         Endpoint::Manifest { .. } => "manifest",
@@ -43,6 +46,16 @@ pub fn route_label(path: &str) -> &'static str {
 }
 
 pub async fn handle<B>(front: &Front, req: &Request<B>, peer: IpAddr) -> Response<Body> {
+    // Replicas' internal endpoint: authenticated by the cluster secret, not client logins.
+    if req.uri().path().starts_with(crate::cluster::FILL_PATH) {
+        let mut resp = match super::peers::fill(&front.registry, req, peer).await {
+            Ok(r) => r,
+            Err(e) => errors::response(&e, false),
+        };
+        resp.headers_mut()
+            .insert("docker-distribution-api-version", API_VERSION);
+        return resp;
+    }
     // With [auth], every endpoint (the /v2/ check included) needs credentials, as on any
     // registry that requires login.
     let allowed = match &front.auth {
@@ -198,7 +211,21 @@ async fn blob<B>(
         .get(RANGE)
         .and_then(|v| v.to_str().ok())
         .and_then(range::parse);
-    let body = registry.blob(route, d, spec).await?;
+    let body = match registry.blob(route, d, spec).await? {
+        BlobAnswer::Body(b) => b,
+        BlobAnswer::Redirect { url, .. } => {
+            // 307: the client repeats the GET (with its Range) at the object store.
+            let mut r = Response::new(empty());
+            *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            r.extensions_mut()
+                .insert(crate::registry::Provenance::Cache);
+            let h = r.headers_mut();
+            h.insert(LOCATION, header(url.as_str())?);
+            h.insert(CONTENT_LENGTH, HeaderValue::from(0));
+            h.insert("docker-content-digest", digest_header);
+            return Ok(r);
+        }
+    };
     let len = match &body.range {
         Some(r) => Some(r.end - r.start),
         None => body.size,

@@ -6,6 +6,7 @@ mod client_auth;
 pub mod endpoint;
 pub mod errors;
 mod handlers;
+mod peers;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,5 +1,7 @@
-//! Blobs: served from the store when cached and linked to the repository, otherwise streamed
-//! from a fill of the upstream's bytes that every concurrent request shares.
+//! Blobs: served from the store when cached and linked to the repository (or, with
+//! `[storage] redirect`, handed to the object store by a presigned URL), otherwise streamed
+//! from a fill of the upstream's bytes that every concurrent request shares, and that every
+//! replica of a `[cluster]` shares.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -9,6 +11,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::links::Links;
 use super::provenance::Provenance;
 use super::upstreams::Upstreams;
+use crate::cluster::{Cluster, Origin};
+use crate::config::RedirectConfig;
 use crate::error::{Error, Result};
 use crate::gc::AccessLog;
 use crate::metrics::Metrics;
@@ -29,6 +33,19 @@ pub struct BlobBody {
     pub provenance: Provenance,
 }
 
+/// How a blob GET is answered.
+pub enum BlobAnswer {
+    /// The bytes, from the store or a fill.
+    Body(BlobBody),
+    /// A cached blob the client fetches from the object store itself.
+    Redirect {
+        /// The presigned URL, valid for `[storage] redirect`.
+        url: url::Url,
+        /// The blob's size.
+        size: u64,
+    },
+}
+
 pub(crate) struct Blobs {
     store: Store,
     fills: Fills,
@@ -36,29 +53,88 @@ pub(crate) struct Blobs {
     upstreams: Arc<Upstreams>,
     metrics: Metrics,
     access: Arc<AccessLog>,
+    cluster: Option<Arc<Cluster>>,
+    redirect: Option<RedirectConfig>,
     /// Sizes of blobs present in the store. Blobs are immutable, so this never goes stale
     /// except by eviction, which readers detect and repair.
     sizes: moka::future::Cache<Digest, u64>,
 }
 
+/// The other parts blobs are served with.
+pub(crate) struct Parts {
+    pub(crate) store: Store,
+    pub(crate) fills: Fills,
+    pub(crate) links: Arc<Links>,
+    pub(crate) upstreams: Arc<Upstreams>,
+    pub(crate) metrics: Metrics,
+    pub(crate) access: Arc<AccessLog>,
+    pub(crate) cluster: Option<Arc<Cluster>>,
+}
+
 impl Blobs {
-    pub(crate) fn new(
-        store: Store,
-        fills: Fills,
-        links: Arc<Links>,
-        upstreams: Arc<Upstreams>,
-        metrics: Metrics,
-        access: Arc<AccessLog>,
-    ) -> Blobs {
+    pub(crate) fn new(p: Parts, redirect: Option<RedirectConfig>) -> Blobs {
         Blobs {
-            store,
-            fills,
-            links,
-            upstreams,
-            metrics,
-            access,
+            store: p.store,
+            fills: p.fills,
+            links: p.links,
+            upstreams: p.upstreams,
+            metrics: p.metrics,
+            access: p.access,
+            cluster: p.cluster,
+            redirect,
             sizes: moka::future::Cache::new(4_000_000),
         }
+    }
+
+    /// A blob GET's answer: a redirect for a cached blob when `[storage] redirect` is on
+    /// (after the same repository check as any GET), else its bytes. One still being filled
+    /// streams, as it is not in the store yet.
+    pub(crate) async fn answer(
+        &self,
+        route: &Route,
+        d: &Digest,
+        range: Option<RangeSpec>,
+    ) -> Result<BlobAnswer> {
+        if let Some(r) = &self.redirect {
+            if let Some(answer) = self.redirected(route, d, range, r).await? {
+                return Ok(answer);
+            }
+        }
+        self.get(route, d, range).await.map(BlobAnswer::Body)
+    }
+
+    async fn redirected(
+        &self,
+        route: &Route,
+        d: &Digest,
+        range: Option<RangeSpec>,
+        r: &RedirectConfig,
+    ) -> Result<Option<BlobAnswer>> {
+        let linked = self.links.blob(route, d).await?.is_some();
+        let Some(size) = self.cached_size(d).await? else {
+            return Ok(None);
+        };
+        if !linked {
+            self.check_upstream_has(route, d).await?;
+        }
+        if let Some(spec) = range {
+            spec.resolve(size).ok_or(Error::RangeInvalid { size })?;
+        }
+        let mut url = match self.store.blob_url(d, r.expires).await {
+            Ok(Some(u)) => u,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(digest = %d, error = %crate::causes::Chain(&e), "cannot presign a blob URL; streaming it");
+                return Ok(None);
+            }
+        };
+        if let Some(base) = &r.base_url {
+            rebase(&mut url, base);
+        }
+        self.metrics.cache_hits.with_label_values(&["blob"]).inc();
+        self.metrics.blob_redirects.inc();
+        self.access.blob(d);
+        Ok(Some(BlobAnswer::Redirect { url, size }))
     }
 
     /// The size of a blob, as a HEAD request answers it. Never starts a fill.
@@ -169,23 +245,24 @@ impl Blobs {
         let remote = self.upstreams.remote(from).clone();
         let (repo, digest, store) = (from.repo.clone(), d.clone(), self.store.clone());
         let not_found = blob_unknown(route, d);
+        let cluster = self.cluster.clone();
         async move {
             if let Some(size) = store.blob_size(&digest).await? {
                 if let Some(stream) = store.read_blob(&digest, None).await? {
                     let stream = stream
                         .map_err(|e| Error::io("cannot read the cached blob", e))
                         .boxed();
-                    return Ok(FillSource {
-                        size: Some(size),
-                        stream,
-                    });
+                    return Ok(FillSource::new(Some(size), stream));
                 }
             }
-            let download = remote.get_blob(&repo, &digest).await?.ok_or(not_found)?;
-            Ok(FillSource {
-                size: download.size,
-                stream: download.stream.map_err(Error::from).boxed(),
-            })
+            if let Some(c) = cluster {
+                return c.source(&digest, Origin { remote, repo }).await;
+            }
+            let download = remote.get_blob(&repo, &digest, 0).await?.ok_or(not_found)?;
+            Ok(FillSource::new(
+                download.size,
+                download.stream.map_err(Error::from).boxed(),
+            ))
         }
     }
 
@@ -261,6 +338,15 @@ impl Blobs {
     pub(crate) async fn forget(&self, d: &Digest) {
         self.sizes.invalidate(d).await;
     }
+}
+
+/// `url` with the scheme, host and port of `base` (a CDN in front of the bucket); the path
+/// and the signed query stay.
+fn rebase(url: &mut url::Url, base: &url::Url) {
+    let mut out = base.clone();
+    out.set_path(url.path());
+    out.set_query(url.query());
+    *url = out;
 }
 
 fn blob_unknown(route: &Route, d: &Digest) -> Error {

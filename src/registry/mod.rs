@@ -30,6 +30,7 @@ mod upstreams;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::Cluster;
 use crate::config::{Config, StorageConfig};
 use crate::error::{Error, Result};
 use crate::gc::{AccessLog, Collector, Report};
@@ -41,7 +42,15 @@ use crate::routing::{Fallbacks, Route, Router};
 use crate::storage::{Fills, OpenError, Store};
 use crate::upstream::{BuildError, Remote, TagPage, Upstream};
 
-pub use blobs::BlobBody;
+pub use blobs::{BlobAnswer, BlobBody};
+
+/// A fill as this replica streams it to a peer.
+pub struct PeerFill {
+    /// The whole blob's size, when known.
+    pub size: Option<u64>,
+    /// The bytes from the offset asked for.
+    pub stream: crate::storage::ByteStream,
+}
 pub use manifests::Manifest;
 pub use provenance::{Provenance, Served};
 pub use referrers::ReferrersList;
@@ -64,6 +73,8 @@ pub struct Shared {
     pub fills: Fills,
     /// Access times not yet written to the store's journals, for the bounded cache.
     pub access: Arc<AccessLog>,
+    /// With `[cluster]`: this replica's membership, through which fills are coordinated.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Shared {
@@ -74,6 +85,7 @@ impl Shared {
             store,
             metrics: Metrics::new(),
             access: Arc::new(AccessLog::new(storage.gc.max_size.is_some())),
+            cluster: None,
         })
     }
 
@@ -101,6 +113,7 @@ pub struct Registry {
     signatures: Arc<Signatures>,
     referrers: Referrers,
     synthesis: Synthesis,
+    cluster: Option<Arc<Cluster>>,
 }
 
 use blobs::Blobs;
@@ -136,6 +149,7 @@ impl Registry {
             metrics,
             fills,
             access,
+            cluster,
         } = shared.clone();
         let router = Router::new(&config.upstreams);
         let upstreams = Arc::new(Upstreams::new(remotes));
@@ -169,12 +183,16 @@ impl Registry {
             },
         ));
         let blobs = Arc::new(Blobs::new(
-            store.clone(),
-            fills.clone(),
-            links.clone(),
-            upstreams.clone(),
-            metrics.clone(),
-            access,
+            blobs::Parts {
+                store: store.clone(),
+                fills: fills.clone(),
+                links: links.clone(),
+                upstreams: upstreams.clone(),
+                metrics: metrics.clone(),
+                access,
+                cluster: cluster.clone(),
+            },
+            config.storage.redirect.clone(),
         ));
         let signatures = Arc::new(Signatures::new(
             store.clone(),
@@ -232,6 +250,7 @@ impl Registry {
             signatures,
             referrers,
             synthesis,
+            cluster,
         }
     }
 
@@ -344,14 +363,51 @@ impl Registry {
         self.blobs.head(route, d).await
     }
 
-    /// A blob's bytes (or the requested range of them).
+    /// A blob's bytes (or the requested range of them), or where in the object store the
+    /// client reads them.
     pub async fn blob(
         &self,
         route: &Route,
         d: &Digest,
         range: Option<RangeSpec>,
-    ) -> Result<BlobBody> {
-        self.blobs.get(route, d, range).await
+    ) -> Result<BlobAnswer> {
+        self.blobs.answer(route, d, range).await
+    }
+
+    /// With `[cluster]`: this replica's membership.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// For a peer replica: `d` from `offset` on, from this replica's fill of it while one
+    /// runs (the last byte once verified, like any fill reader), else from the store.
+    /// `None`: neither has it. No repository check: peers are authenticated by the cluster
+    /// secret, and ask only for what a client of theirs was allowed.
+    pub async fn peer_fill(&self, d: &Digest, offset: u64) -> Result<Option<PeerFill>> {
+        if let Some(f) = self.fills.get(d) {
+            let size = f.started().await.map_err(|e| (*e).clone())?;
+            if let Some(size) = size.filter(|s| offset > *s) {
+                return Err(Error::RangeInvalid { size });
+            }
+            return Ok(Some(PeerFill {
+                size,
+                stream: f.reader(offset, None),
+            }));
+        }
+        let Some(size) = self.store.blob_size(d).await? else {
+            return Ok(None);
+        };
+        if offset > size {
+            return Err(Error::RangeInvalid { size });
+        }
+        Ok(self
+            .store
+            .read_blob(d, Some(offset..size))
+            .await?
+            .map(|stream| PeerFill {
+                size: Some(size),
+                stream,
+            }))
     }
 
     /// The manifests whose `subject` is `d` (only those of `artifact_type`, when given).

@@ -22,12 +22,41 @@ use super::{ByteStream, Store, READ_CHUNK};
 use crate::error::{Error, Result};
 use crate::oci::Digest;
 
-/// What a fill reads from: the upstream response, already checked for status.
+/// What a fill reads from: the upstream response (already checked for status), another
+/// replica's fill, or the store.
 pub struct FillSource {
-    /// The announced length, when the upstream sent one.
+    /// The announced length, when the source sent one.
     pub size: Option<u64>,
     /// The body, unverified: the fill checks it against the digest.
     pub stream: BoxStream<'static, Result<Bytes>>,
+    /// Whether the fill writes what it verified to the store.
+    pub publish: Publish,
+    /// Kept until the fill has committed or failed, then dropped (a cluster lease, which
+    /// must outlast the commit so no other replica starts a fill in between).
+    pub hold: Option<Box<dyn Send + Sync>>,
+}
+
+impl FillSource {
+    /// A source whose verified bytes the fill publishes.
+    pub fn new(size: Option<u64>, stream: BoxStream<'static, Result<Bytes>>) -> FillSource {
+        FillSource {
+            size,
+            stream,
+            publish: Publish::Always,
+            hold: None,
+        }
+    }
+}
+
+/// Whether a fill publishes the blob it verified.
+#[derive(Clone, Debug)]
+pub enum Publish {
+    /// Uploaded as it streams in, committed once verified.
+    Always,
+    /// Only spooled and verified: another replica is publishing it. Uploaded from the spool
+    /// after all if the flag is set by the time the blob verifies (this replica took the
+    /// fill over, or gave up waiting for its owner).
+    IfAsked(Arc<std::sync::atomic::AtomicBool>),
 }
 
 /// How a reader's stream ends when its fill failed: the fill's own error, which callers that
@@ -364,17 +393,22 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<FillSource>>,
 {
+    let FillSource {
+        size,
+        mut stream,
+        publish,
+        hold,
+    } = source().await?;
     // The writer thread reports spool progress; readers wake on it. It batches whatever
     // chunks have queued up, so readers are not woken once per network read.
     let (progress, filling) = (tx.clone(), fill.clone());
     let mut sink = store
-        .begin_blob(&fill.digest, move |written, batch| {
+        .begin_blob(&fill.digest, publish, move |written, batch| {
             filling.remember(written, batch);
             progress.send_modify(|p| p.written = written)
         })
         .await?;
     let _ = fill.spool.set(sink.spool());
-    let FillSource { size, mut stream } = source().await?;
     tx.send_modify(|p| {
         p.size = size;
         p.phase = Phase::Streaming;
@@ -402,6 +436,7 @@ where
         return Err(e);
     }
     let written = sink.commit(size).await?;
+    drop(hold);
     tx.send_modify(|p| p.written = written);
     tracing::info!(
         digest = %fill.digest,
@@ -425,6 +460,7 @@ mod tests {
             s3: Default::default(),
             azure: Default::default(),
             gc: Default::default(),
+            redirect: None,
             url: if local {
                 StorageUrl::File(dir.join("disk"))
             } else {
@@ -439,7 +475,7 @@ mod tests {
     fn channel_source(size: Option<u64>) -> (mpsc::Sender<Result<Bytes>>, FillSource) {
         let (tx, mut rx) = mpsc::channel::<Result<Bytes>>(16);
         let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
-        (tx, FillSource { size, stream })
+        (tx, FillSource::new(size, stream))
     }
 
     #[tokio::test]

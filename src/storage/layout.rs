@@ -21,6 +21,12 @@ pub const BLOBS: &str = "blobs";
 pub const REPOSITORIES: &str = "repositories";
 pub const ACCESS: &str = "access";
 
+/// The lease of a blob fill in progress (see `cluster::lease`). Outside every prefix the
+/// bounded cache scans: a lease is not content.
+pub fn fill_lease(d: &Digest) -> Path {
+    Path::from(format!("fills/{}/{}", d.algorithm().as_str(), d.hex()))
+}
+
 pub fn blob(d: &Digest) -> Path {
     let hex = d.hex();
     Path::from(format!(

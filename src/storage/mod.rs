@@ -10,6 +10,7 @@ pub mod fill;
 pub mod layout;
 pub mod records;
 mod sink;
+pub mod versioned;
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
+use object_store::signer::Signer;
 use object_store::{
     GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 };
@@ -33,8 +35,9 @@ use crate::config::{StorageConfig, StorageUrl};
 use crate::error::{Error, Result};
 use crate::oci::Digest;
 
-pub use fill::{Fill, FillSource, Fills};
+pub use fill::{Fill, FillSource, Fills, Publish};
 pub use sink::BlobSink;
+pub use versioned::{Created, Versioned};
 
 /// Size of each read when streaming a cached blob from local disk: large enough that syscalls
 /// and task hand-offs vanish against the copy, small enough to keep memory per client flat.
@@ -104,6 +107,8 @@ pub struct Store {
     /// Azure keeps the blocks of an aborted upload (object_store's abort cannot drop them)
     /// until a week passes or the blob is committed: an abort there deletes the staged blob.
     aborts_leave_parts: bool,
+    /// Presigns URLs clients can read a blob at (S3, Azure).
+    signer: Option<Arc<dyn Signer>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -161,20 +166,23 @@ impl Store {
             local_root: Some(root),
             spool_dir: cfg.spool_dir.clone(),
             aborts_leave_parts: false,
+            signer: None,
         })
     }
 
     /// A store on a remote object store, under `prefix`.
-    fn remote(
-        os: impl ObjectStore,
+    fn remote<O: ObjectStore + Signer>(
+        os: O,
         prefix: &str,
         cfg: &StorageConfig,
         aborts_leave_parts: bool,
     ) -> Store {
-        let os: Arc<dyn ObjectStore> = if prefix.is_empty() {
-            Arc::new(os)
+        let (os, signer): (Arc<dyn ObjectStore>, Arc<dyn Signer>) = if prefix.is_empty() {
+            let os = Arc::new(os);
+            (os.clone(), os)
         } else {
-            Arc::new(PrefixStore::new(os, prefix))
+            let os = Arc::new(PrefixStore::new(os, prefix));
+            (os.clone(), os)
         };
         Store {
             os,
@@ -182,6 +190,7 @@ impl Store {
             local_root: None,
             spool_dir: cfg.spool_dir.clone(),
             aborts_leave_parts,
+            signer: Some(signer),
         }
     }
 
@@ -193,6 +202,7 @@ impl Store {
             local_root: None,
             spool_dir,
             aborts_leave_parts: false,
+            signer: None,
         }
     }
 
@@ -276,6 +286,24 @@ impl Store {
         }
     }
 
+    /// A URL a client can GET the cached blob `d` at, valid for `expires`, when the backend
+    /// presigns URLs (S3, Azure SAS). The object store then answers the client's `Range`
+    /// itself.
+    pub async fn blob_url(
+        &self,
+        d: &Digest,
+        expires: std::time::Duration,
+    ) -> Result<Option<url::Url>> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        Ok(Some(
+            signer
+                .signed_url(http::Method::GET, &layout::blob(d), expires)
+                .await?,
+        ))
+    }
+
     /// Reads a small object (a manifest) whole.
     pub async fn read_small(&self, d: &Digest) -> Result<Option<Bytes>> {
         self.get_bytes(&layout::blob(d)).await
@@ -312,9 +340,10 @@ impl Store {
     pub async fn begin_blob(
         &self,
         d: &Digest,
+        publish: Publish,
         on_progress: impl Fn(u64, &[Bytes]) + Send + 'static,
     ) -> Result<BlobSink> {
-        BlobSink::new(self, d, on_progress).await
+        BlobSink::new(self, d, publish, on_progress).await
     }
 
     pub async fn get_record<T: DeserializeOwned>(&self, key: &Path) -> Result<Option<T>> {

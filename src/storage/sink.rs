@@ -17,7 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{layout, Store};
+use super::{layout, Publish, Store};
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Hasher};
 
@@ -85,6 +85,11 @@ enum Target {
         /// Where staged parts outlive an abort (Azure): the store and key to clean up.
         leftover: Option<(Arc<dyn ObjectStore>, object_store::path::Path)>,
     },
+    /// Spool only; uploaded from the spool at commit if `publish` is set by then.
+    Deferred {
+        publish: Arc<std::sync::atomic::AtomicBool>,
+        os: Arc<dyn ObjectStore>,
+    },
 }
 
 impl BlobSink {
@@ -93,6 +98,7 @@ impl BlobSink {
     pub(super) async fn new(
         store: &Store,
         d: &Digest,
+        publish: Publish,
         on_progress: impl Fn(u64, &[Bytes]) + Send + 'static,
     ) -> Result<BlobSink> {
         let io = |what: &str, path: &std::path::Path, e| {
@@ -128,16 +134,22 @@ impl BlobSink {
                     .map_err(|e| io("spool file", &path, e))?;
                 // Unlinked at once: readers share the descriptor, and a crash leaves nothing.
                 let _ = std::fs::remove_file(&path);
-                let upload = store.os.put_multipart(&layout::blob(d)).await?;
-                (
-                    file,
-                    Target::Multipart {
-                        writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
-                        leftover: store
-                            .aborts_leave_parts
-                            .then(|| (store.os.clone(), layout::blob(d))),
+                let target = match publish {
+                    Publish::IfAsked(publish) => Target::Deferred {
+                        publish,
+                        os: store.os.clone(),
                     },
-                )
+                    Publish::Always => {
+                        let upload = store.os.put_multipart(&layout::blob(d)).await?;
+                        Target::Multipart {
+                            writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
+                            leftover: store
+                                .aborts_leave_parts
+                                .then(|| (store.os.clone(), layout::blob(d))),
+                        }
+                    }
+                };
+                (file, target)
             }
         };
         let spool = Arc::new(spool);
@@ -240,6 +252,12 @@ impl BlobSink {
                     w.finish().await?;
                 }
             }
+            Target::Deferred { publish, os } => {
+                if !publish.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(written);
+                }
+                upload_spool(&**os, &self.digest, &self.spool, written).await?;
+            }
         }
         self.meter.add(written);
         Ok(written)
@@ -276,8 +294,43 @@ impl BlobSink {
                     }
                 }
             }
+            // Nothing uploaded; the spool goes with its descriptor.
+            Target::Deferred { .. } => {}
         }
     }
+}
+
+/// Uploads a verified spool as the blob `d`: a fill that only verified (another replica was
+/// publishing) and has to publish after all. A failed upload leaves nothing visible.
+async fn upload_spool(
+    os: &dyn ObjectStore,
+    d: &Digest,
+    spool: &Arc<std::fs::File>,
+    len: u64,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let upload = os.put_multipart(&layout::blob(d)).await?;
+    let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+    let mut pos = 0u64;
+    while pos < len {
+        let want = (len - pos).min(PART_SIZE as u64) as usize;
+        let file = spool.clone();
+        let chunk = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; want];
+            file.read_exact_at(&mut buf, pos).map(|()| buf)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("spool reader stopped: {e}")))?
+        .map_err(|e| Error::io("cannot read the spool back", e))?;
+        if let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await {
+            let _ = w.abort().await;
+            return Err(e.into());
+        }
+        w.put(chunk.into());
+        pos += want as u64;
+    }
+    w.finish().await?;
+    Ok(())
 }
 
 /// Drops the staged parts of an aborted upload where the store keeps them (Azure): deleting
@@ -352,6 +405,7 @@ mod tests {
                 s3: Default::default(),
                 azure: Default::default(),
                 gc: Default::default(),
+                redirect: None,
                 url: StorageUrl::File(dir.join("disk")),
                 spool_dir: spool.clone(),
             })
@@ -360,6 +414,7 @@ mod tests {
                 s3: Default::default(),
                 azure: Default::default(),
                 gc: Default::default(),
+                redirect: None,
                 url: StorageUrl::Memory,
                 spool_dir: spool,
             })
@@ -385,7 +440,10 @@ mod tests {
         for store in stores(dir.path()) {
             let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
             let d = Digest::sha256_of(&data);
-            let mut sink = store.begin_blob(&d, |_, _| {}).await.unwrap();
+            let mut sink = store
+                .begin_blob(&d, Publish::Always, |_, _| {})
+                .await
+                .unwrap();
             for c in data.chunks(100_000) {
                 sink.write(Bytes::copy_from_slice(c)).await.unwrap();
                 assert_eq!(store.blob_size(&d).await.unwrap(), None, "{store:?}");
@@ -414,7 +472,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for store in stores(dir.path()) {
             let d = Digest::sha256_of(b"the real content");
-            let mut sink = store.begin_blob(&d, |_, _| {}).await.unwrap();
+            let mut sink = store
+                .begin_blob(&d, Publish::Always, |_, _| {})
+                .await
+                .unwrap();
             sink.write(Bytes::from_static(b"evil content"))
                 .await
                 .unwrap();
@@ -423,7 +484,10 @@ mod tests {
             assert_eq!(store.blob_size(&d).await.unwrap(), None);
 
             // Right bytes, wrong announced size.
-            let mut sink = store.begin_blob(&d, |_, _| {}).await.unwrap();
+            let mut sink = store
+                .begin_blob(&d, Publish::Always, |_, _| {})
+                .await
+                .unwrap();
             sink.write(Bytes::from_static(b"the real content"))
                 .await
                 .unwrap();
@@ -431,7 +495,10 @@ mod tests {
             assert_eq!(store.blob_size(&d).await.unwrap(), None);
 
             // Dropped mid-way (a cut connection).
-            let mut sink = store.begin_blob(&d, |_, _| {}).await.unwrap();
+            let mut sink = store
+                .begin_blob(&d, Publish::Always, |_, _| {})
+                .await
+                .unwrap();
             sink.write(Bytes::from_static(b"the real")).await.unwrap();
             drop(sink);
             assert_eq!(store.blob_size(&d).await.unwrap(), None);

@@ -26,6 +26,10 @@ struct State {
     requests: Vec<String>,
     /// With a referrers API: (repository, digest) → the descriptors it lists.
     referrers: Option<HashMap<(String, String), Vec<serde_json::Value>>>,
+    /// digest → (bytes sent before waiting, the permit that lets the rest through).
+    gates: HashMap<String, (usize, std::sync::Arc<tokio::sync::Semaphore>)>,
+    /// The `offset` of every blob GET, in order.
+    offsets: Vec<(String, u64)>,
 }
 
 #[derive(Debug)]
@@ -92,6 +96,27 @@ impl MemoryUpstream {
             .referrers
             .get_or_insert_with(HashMap::new)
             .insert((repo.into(), d.to_string()), descriptors);
+    }
+
+    /// Sends the first `after` bytes of blob `d`, then holds each transfer until a permit
+    /// is added to the returned semaphore.
+    pub fn gate(&self, d: &Digest, after: usize) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        self.state()
+            .gates
+            .insert(d.to_string(), (after, permits.clone()));
+        permits
+    }
+
+    /// The offsets blob `d` was asked for from, in order.
+    pub fn offsets(&self, d: &Digest) -> Vec<u64> {
+        let d = d.to_string();
+        self.state()
+            .offsets
+            .iter()
+            .filter(|(x, _)| *x == d)
+            .map(|(_, o)| *o)
+            .collect()
     }
 
     /// Answers every request with `status` (`None`: back up).
@@ -196,16 +221,44 @@ impl Remote for MemoryUpstream {
         Ok(self.blob(repo, d).map(|b| b.len() as u64))
     }
 
-    async fn get_blob(&self, repo: &RepoName, d: &Digest) -> UResult<Option<BlobDownload>> {
+    async fn get_blob(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        offset: u64,
+    ) -> UResult<Option<BlobDownload>> {
         self.note("GET", repo, "blobs", &d.to_string()).await?;
+        let gate = {
+            let mut s = self.state();
+            s.offsets.push((d.to_string(), offset));
+            s.gates.get(&d.to_string()).cloned()
+        };
         Ok(self.blob(repo, d).map(|b| {
-            // Two chunks, so readers see a transfer in parts.
-            let half = b.len() / 2;
-            let chunks = vec![Ok(b.slice(..half)), Ok(b.slice(half..))];
-            BlobDownload {
-                size: Some(b.len() as u64),
-                stream: futures_util::stream::iter(chunks).boxed(),
-            }
+            let size = Some(b.len() as u64);
+            let b = b.slice((offset as usize).min(b.len())..);
+            let stream = match gate {
+                Some((after, permits)) => {
+                    let after = after.min(b.len());
+                    let (head, tail) = (b.slice(..after), b.slice(after..));
+                    let rest = futures_util::stream::once(async move {
+                        // The semaphore is never closed.
+                        if let Ok(p) = permits.acquire().await {
+                            p.forget();
+                        }
+                        Ok(tail)
+                    });
+                    futures_util::stream::once(async move { Ok(head) })
+                        .chain(rest)
+                        .boxed()
+                }
+                None => {
+                    // Two chunks, so readers see a transfer in parts.
+                    let half = b.len() / 2;
+                    let chunks = vec![Ok(b.slice(..half)), Ok(b.slice(half..))];
+                    futures_util::stream::iter(chunks).boxed()
+                }
+            };
+            BlobDownload { size, stream }
         }))
     }
 

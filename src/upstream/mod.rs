@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE};
 use http::{Method, StatusCode};
 use tokio::time::Instant;
 use url::Url;
@@ -97,7 +97,15 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     ) -> UResult<Option<FetchedManifest>>;
     /// A blob's size.
     async fn head_blob(&self, repo: &RepoName, d: &Digest) -> UResult<Option<u64>>;
-    async fn get_blob(&self, repo: &RepoName, d: &Digest) -> UResult<Option<BlobDownload>>;
+    /// A blob's bytes from `offset` on (0: all of them; more: a fill taken over part-way,
+    /// which has the bytes before). `size` is the whole blob's, and the stream starts at
+    /// `offset` whether or not the upstream honoured the `Range`.
+    async fn get_blob(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        offset: u64,
+    ) -> UResult<Option<BlobDownload>>;
     /// One page of `/tags/list`; `query` is passed on as is (`n=..&last=..`).
     async fn tags(&self, repo: &RepoName, query: &str) -> UResult<Option<TagPage>>;
     /// A page of `/referrers/<digest>` (`next`: a page's link to the one after). `None` when
@@ -294,6 +302,18 @@ impl Upstream {
         repo: &RepoName,
         accept: Option<&str>,
     ) -> UResult<reqwest::Response> {
+        self.send_from(method, url, repo, accept, 0).await
+    }
+
+    /// `send`, asking for the body from `offset` on when it is not 0.
+    async fn send_from(
+        &self,
+        method: Method,
+        url: Url,
+        repo: &RepoName,
+        accept: Option<&str>,
+        offset: u64,
+    ) -> UResult<reqwest::Response> {
         let scope = auth::pull_scope(repo.as_str());
         let known = self.challenge.lock().ok().and_then(|c| c.clone());
         let mut authz = match &known {
@@ -305,6 +325,9 @@ impl Upstream {
             let mut req = self.http.request(method.clone(), url.clone());
             if let Some(a) = accept {
                 req = req.header(ACCEPT, a);
+            }
+            if offset > 0 {
+                req = req.header(RANGE, format!("bytes={offset}-"));
             }
             if let Some(h) = &authz {
                 req = req.header(AUTHORIZATION, h);
@@ -445,13 +468,31 @@ impl Remote for Upstream {
 
     /// Follows redirects (Docker Hub sends blobs from a CDN; reqwest drops `Authorization`
     /// when a redirect leaves the host).
-    async fn get_blob(&self, repo: &RepoName, d: &Digest) -> UResult<Option<BlobDownload>> {
-        let path = format!("v2/{repo}/blobs/{d}");
-        let Some(resp) = self.answer(Method::GET, &path, repo, None).await? else {
+    async fn get_blob(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        offset: u64,
+    ) -> UResult<Option<BlobDownload>> {
+        let url = self.url(&format!("v2/{repo}/blobs/{d}"))?;
+        let resp = self.send_from(Method::GET, url, repo, None, offset).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
-        };
+        }
+        if !resp.status().is_success() {
+            return Err(self.fail(resp).await);
+        }
         let name = self.name.clone();
-        let size = resp.content_length();
+        // 206: the rest, and the whole size in Content-Range. 200: the upstream ignored the
+        // range, and the bytes before `offset` are skipped here.
+        let (size, skip) = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let total = header_str(resp.headers(), "content-range")
+                .and_then(|r| r.rsplit_once('/'))
+                .and_then(|(_, t)| t.parse::<u64>().ok());
+            (total, 0)
+        } else {
+            (resp.content_length(), offset)
+        };
         let stream = resp
             .bytes_stream()
             .map_err(move |e| UpstreamError::Transport {
@@ -464,6 +505,11 @@ impl Remote for Upstream {
                 source: e.without_url(),
             })
             .boxed();
+        let stream = if skip > 0 {
+            skip_bytes(stream, skip)
+        } else {
+            stream
+        };
         Ok(Some(BlobDownload { size, stream }))
     }
 
@@ -568,6 +614,27 @@ impl Upstream {
             None => path.to_string(),
         })
     }
+}
+
+/// `stream` without its first `n` bytes.
+fn skip_bytes(
+    stream: BoxStream<'static, Result<Bytes, UpstreamError>>,
+    n: u64,
+) -> BoxStream<'static, Result<Bytes, UpstreamError>> {
+    stream
+        .scan(n, |left, chunk| {
+            let out = match chunk {
+                Ok(mut b) if *left > 0 => {
+                    let cut = (*left).min(b.len() as u64);
+                    *left -= cut;
+                    Ok(b.split_off(cut as usize))
+                }
+                other => other,
+            };
+            std::future::ready(Some(out))
+        })
+        .try_filter(|b| std::future::ready(!b.is_empty()))
+        .boxed()
 }
 
 /// The target of a `Link: <target>; rel="next"` header.

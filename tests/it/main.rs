@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod client_auth;
 mod clients;
+mod cluster;
 mod dedup;
 mod deploy;
 mod errors;

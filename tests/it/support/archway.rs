@@ -168,6 +168,14 @@ impl Archway {
         self.signal("TERM");
     }
 
+    /// Kills the process with SIGKILL (no shutdown of any kind) and reaps it.
+    pub fn sigkill(&mut self) {
+        self.signal("KILL");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
     fn signal(&self, name: &str) {
         let pid = self.pid().expect("running").to_string();
         let ok = std::process::Command::new("kill")

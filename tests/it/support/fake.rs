@@ -372,3 +372,8 @@ impl Proxy {
         self.seen.lock().expect("lock").clone()
     }
 }
+
+/// An empty response body.
+pub fn empty_body() -> Body {
+    Full::new(Bytes::new()).map_err(|n| match n {}).boxed()
+}

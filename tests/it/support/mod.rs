@@ -9,6 +9,7 @@ pub mod cosign;
 pub mod fake;
 pub mod images;
 pub mod registry;
+pub mod relay;
 pub mod s3;
 pub mod skopeo;
 

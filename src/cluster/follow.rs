@@ -1,0 +1,220 @@
+//! A follower's fill source: the bytes of a blob another replica is fetching, streamed from
+//! it, with recovery when that replica goes away. The follower keeps the offset it has
+//! verified to; whatever comes next (the store, the owner again, a new owner, the upstream
+//! from that offset) continues from there.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::time::Instant;
+
+use super::lease::{self, Lease, LeaseGuard};
+use super::{peer, Cluster, Origin};
+use crate::error::{Error, Result};
+use crate::oci::Digest;
+use crate::storage::{Created, FillSource, Publish};
+
+/// Where the follower's bytes come from right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum From {
+    Peer,
+    Store,
+    /// This replica fetches from the upstream itself (it took the lease over, or gave up
+    /// waiting): failures there end the fill, as for any fill.
+    Upstream,
+}
+
+struct Follower {
+    cluster: Arc<Cluster>,
+    d: Digest,
+    origin: Origin,
+    /// Set when this replica must publish what it verifies (it fetches from the upstream).
+    publish: Arc<AtomicBool>,
+    offset: u64,
+    size: Option<u64>,
+    current: Option<(From, BoxStream<'static, Result<Bytes>>)>,
+    /// The lease, once this replica took the fill over; released after the commit (the
+    /// stream, which holds it, outlives the commit).
+    guard: Option<LeaseGuard>,
+    followed: bool,
+}
+
+/// Follows the fill of `d` that another replica holds the lease of.
+pub async fn start(cluster: Arc<Cluster>, d: &Digest, origin: Origin) -> Result<FillSource> {
+    let publish = Arc::new(AtomicBool::new(false));
+    let mut f = Follower {
+        cluster,
+        d: d.clone(),
+        origin,
+        publish: publish.clone(),
+        offset: 0,
+        size: None,
+        current: None,
+        guard: None,
+        followed: false,
+    };
+    f.connect().await?;
+    let size = f.size;
+    let stream = futures_util::stream::unfold(f, |mut f| async move {
+        let item = f.next_chunk().await?;
+        Some((item, f))
+    })
+    .boxed();
+    Ok(FillSource {
+        size,
+        stream,
+        publish: Publish::IfAsked(publish),
+        hold: None,
+    })
+}
+
+impl Follower {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes>> {
+        loop {
+            if self.current.is_none() {
+                if let Err(e) = self.connect().await {
+                    return Some(Err(e));
+                }
+            }
+            let (from, stream) = self.current.as_mut()?;
+            let from = *from;
+            match stream.next().await {
+                Some(Ok(b)) => {
+                    self.offset += b.len() as u64;
+                    return Some(Ok(b));
+                }
+                Some(Err(e)) if from == From::Upstream => return Some(Err(e)),
+                Some(Err(e)) => {
+                    tracing::info!(
+                        digest = %self.d, offset = self.offset, error = %crate::causes::Chain(&e),
+                        "the fill being followed broke off; picking it up from here"
+                    );
+                    self.current = None;
+                }
+                None if self.size.is_some_and(|s| self.offset < s) && from != From::Upstream => {
+                    tracing::info!(
+                        digest = %self.d, offset = self.offset,
+                        "the fill being followed ended early; picking it up from here"
+                    );
+                    self.current = None;
+                }
+                None => return None,
+            }
+        }
+    }
+
+    /// Finds where the bytes from `offset` on come from now.
+    async fn connect(&mut self) -> Result<()> {
+        let c = self.cluster.clone();
+        let key = lease::key(&self.d);
+        let mut unreachable_since: Option<Instant> = None;
+        loop {
+            // Committed meanwhile: the rest is in the store.
+            if let Some(size) = c.store.blob_size(&self.d).await? {
+                if self.offset <= size {
+                    if let Some(s) = c.store.read_blob(&self.d, Some(self.offset..size)).await? {
+                        self.set_size(size)?;
+                        let s = s
+                            .map_err(|e| Error::io("cannot read the cached blob", e))
+                            .boxed();
+                        self.current = Some((From::Store, s));
+                        return Ok(());
+                    }
+                }
+            }
+            let seen = c.store.get_versioned::<Lease>(&key).await?;
+            match seen {
+                // Released without a commit (the owner's fill failed), or lapsed: this
+                // replica takes the fill over, from the offset it has.
+                None => {
+                    let mine = Lease::new(&c.instance, c.me.as_str(), c.ttl);
+                    match c.store.create_record(&key, &mine).await? {
+                        Created::Created(v) => {
+                            let guard = LeaseGuard::hold(c.store.clone(), &self.d, v, c.ttl);
+                            return self.fetch_upstream(Some(guard), "taken_over").await;
+                        }
+                        Created::Exists => continue,
+                        Created::Unsupported => return self.fetch_upstream(None, "fallback").await,
+                    }
+                }
+                Some(v) if !v.value.live() => {
+                    let mine = Lease::new(&c.instance, c.me.as_str(), c.ttl);
+                    if let Some(v) = c.store.replace_record(&key, &mine, &v).await? {
+                        let guard = LeaseGuard::hold(c.store.clone(), &self.d, v, c.ttl);
+                        return self.fetch_upstream(Some(guard), "taken_over").await;
+                    }
+                    continue;
+                }
+                Some(v) => match peer::open(&c, &v.value.peer, &self.d, self.offset).await {
+                    Ok(Some(p)) => {
+                        if let Some(size) = p.size {
+                            self.set_size(size)?;
+                        }
+                        if !self.followed {
+                            self.followed = true;
+                            c.metrics.fill_leases.with_label_values(&["followed"]).inc();
+                        }
+                        self.current = Some((From::Peer, p.stream));
+                        return Ok(());
+                    }
+                    // The owner has neither a fill nor a copy: it just committed, or just
+                    // failed and released the lease. Look again.
+                    Ok(None) => {}
+                    Err(e) => {
+                        let since = *unreachable_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= c.ttl {
+                            tracing::warn!(
+                                digest = %self.d, error = %crate::causes::Chain(&e),
+                                "the replica filling this blob cannot be reached and it has not been committed; fetching it here"
+                            );
+                            return self.fetch_upstream(None, "fallback").await;
+                        }
+                        tracing::debug!(digest = %self.d, error = %crate::causes::Chain(&e), "peer unreachable; waiting for the commit");
+                    }
+                },
+            }
+            tokio::time::sleep(c.poll).await;
+        }
+    }
+
+    /// Fetches the rest from the upstream, publishing what this replica verifies.
+    async fn fetch_upstream(&mut self, guard: Option<LeaseGuard>, outcome: &str) -> Result<()> {
+        self.guard = guard;
+        self.publish.store(true, Ordering::SeqCst);
+        self.cluster
+            .metrics
+            .fill_leases
+            .with_label_values(&[outcome])
+            .inc();
+        let o = &self.origin;
+        let download = o
+            .remote
+            .get_blob(&o.repo, &self.d, self.offset)
+            .await?
+            .ok_or_else(|| Error::BlobUnknown(format!("{} in repository {}", self.d, o.repo)))?;
+        if let Some(size) = download.size {
+            self.set_size(size)?;
+        }
+        let s = download.stream.map_err(Error::from).boxed();
+        self.current = Some((From::Upstream, s));
+        Ok(())
+    }
+
+    /// Notes the blob's size; every source must agree on it.
+    fn set_size(&mut self, size: u64) -> Result<()> {
+        match self.size {
+            Some(known) if known != size => Err(Error::SizeMismatch {
+                digest: self.d.clone(),
+                announced: known,
+                actual: size,
+            }),
+            _ => {
+                self.size = Some(size);
+                Ok(())
+            }
+        }
+    }
+}
