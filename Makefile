@@ -20,3 +20,4 @@ run:
 
 bench:
 	./benches/load.sh
+	./benches/cluster.sh

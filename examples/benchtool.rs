@@ -6,6 +6,8 @@
 //! benchtool push URL REPO TAG MIB[,MIB...]     prints the manifest digest and the layer digests
 //! benchtool pull URL REPO TAG                  prints seconds for one pull
 //! benchtool herd URL REPO TAG N                N concurrent pulls; prints seconds for all
+//! benchtool fetch URL DIGEST N C               N verified GETs, C at a time (following
+//!                                              redirects); prints MB/s
 //! ```
 
 use std::sync::Arc;
@@ -201,6 +203,28 @@ async fn main() -> Res<()> {
             }
             Ok(())
         }
-        _ => Err("usage: benchtool push|pull|herd|get ...".into()),
+        "fetch" => {
+            let (url, digest) = (arg(2).to_string(), arg(3).to_string());
+            let (n, conc): (usize, usize) = (arg(4).parse()?, arg(5).parse()?);
+            let c = reqwest::Client::new();
+            let sem = Arc::new(tokio::sync::Semaphore::new(conc));
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..n {
+                let (c, sem, url, digest) = (c.clone(), sem.clone(), url.clone(), digest.clone());
+                tasks.push(tokio::spawn(async move {
+                    let _permit = sem.acquire().await?;
+                    get_verified(&c, url, &digest).await
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += t.await??;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            println!("{:.0} {total}", total as f64 / secs / 1e6);
+            Ok(())
+        }
+        _ => Err("usage: benchtool push|pull|herd|get|fetch ...".into()),
     }
 }

@@ -191,6 +191,29 @@ fn check_config(path: &Path) -> Result<(), Failure> {
         ),
         None => say!("bounded  no (storage.max_size unset)"),
     }
+    if let Some(r) = &c.storage.redirect {
+        say!(
+            "redirect cached blobs to presigned URLs valid {}{}",
+            humantime::format_duration(r.expires),
+            r.base_url
+                .as_ref()
+                .map(|u| format!(", through {u}"))
+                .unwrap_or_default()
+        );
+    }
+    match &c.cluster {
+        Some(cl) => say!(
+            "cluster  advertise {}, lease_ttl {}, secret {}",
+            match &cl.advertise {
+                archway::config::Advertise::Url(u) => u.to_string(),
+                archway::config::Advertise::PodIp(ip) =>
+                    format!("{ip} (POD_IP), port of server.listen"),
+            },
+            humantime::format_duration(cl.lease_ttl),
+            cl.secret_file.display()
+        ),
+        None => say!("cluster  off"),
+    }
     say!(
         "cache    tag_ttl {}, serve_stale {}",
         humantime::format_duration(c.cache.tag_ttl),

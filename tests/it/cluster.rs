@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use tempfile::TempDir;
 
 use crate::support::archway::{Archway, Settings};
+use crate::support::azure::Azurite;
 use crate::support::images::{sha256, Image, Pusher};
 use crate::support::registry::Upstream;
 use crate::support::relay::Relay;
@@ -21,18 +22,52 @@ const BIG: usize = 32 * 1024 * 1024;
 /// Where the relay holds the first transfer of the big layer.
 const HELD_AFTER: usize = 4 * 1024 * 1024;
 
+/// The bucket the replicas share.
+enum Bucket {
+    S3(S3),
+    Azure(Azurite),
+}
+
+impl Bucket {
+    fn url(&self) -> &'static str {
+        match self {
+            Bucket::S3(_) => "s3://mirror/cache",
+            Bucket::Azure(_) => "az://mirror/cache",
+        }
+    }
+
+    fn toml(&self) -> String {
+        match self {
+            Bucket::S3(s) => s.storage_toml(),
+            Bucket::Azure(a) => a.storage_toml(),
+        }
+    }
+
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        match self {
+            Bucket::S3(s) => s.keys("mirror", prefix).await,
+            Bucket::Azure(a) => a.keys("mirror", prefix).await,
+        }
+    }
+}
+
 struct Herd {
     up: Upstream,
     relay: Relay,
-    s3: S3,
+    bucket: Bucket,
     img: Image,
     secrets: TempDir,
 }
 
 impl Herd {
     /// A three-layer image (one of 32 MiB) on the upstream; the relay holds the first
-    /// transfer of the big layer after 4 MiB.
+    /// transfer of the big layer after 4 MiB. The replicas share a moto bucket.
     async fn start() -> Herd {
+        let bucket = Bucket::S3(S3::start("mirror").await);
+        Herd::start_on(bucket).await
+    }
+
+    async fn start_on(bucket: Bucket) -> Herd {
         let up = Upstream::start().await;
         let seed = unique_seed();
         let img = Image::new(
@@ -55,7 +90,7 @@ impl Herd {
         Herd {
             up,
             relay,
-            s3: S3::start("mirror").await,
+            bucket,
             img,
             secrets,
         }
@@ -72,13 +107,13 @@ impl Herd {
             .map(|a| format!("advertise = \"{a}\"\n"))
             .unwrap_or_default();
         let mut s = Settings {
-            storage_url: Some("s3://mirror/cache".into()),
+            storage_url: Some(self.bucket.url().into()),
             admin: true,
             // The relay holds a transfer for as long as a test needs.
             read_timeout: "60s".into(),
             extra: format!(
                 "{}\n[cluster]\n{advertise}secret_file = \"{}\"\nlease_ttl = \"2s\"\n",
-                self.s3.storage_toml(),
+                self.bucket.toml(),
                 self.secrets.path().join("cluster").display()
             ),
             ..Settings::single(&self.relay.url())
@@ -269,10 +304,7 @@ async fn three_replicas_fetch_each_blob_once_and_stream_before_it_arrives() {
         "followers streamed from the owner: {peer_bytes}"
     );
     // Every lease is released once its blob is committed.
-    assert_eq!(
-        h.s3.keys("mirror", "cache/fills/").await,
-        Vec::<String>::new()
-    );
+    assert_eq!(h.bucket.keys("cache/fills/").await, Vec::<String>::new());
 }
 
 /// The replica that owns the only fill so far (the one lease taken).
@@ -447,7 +479,7 @@ async fn the_internal_endpoint_needs_the_cluster_secret() {
     // Without [cluster] the endpoint opens for nothing, not even the right credentials.
     let mut plain = Settings::single(&h.relay.url());
     plain.storage_url = Some("s3://mirror/plain".into());
-    plain.extra = h.s3.storage_toml();
+    plain.extra = h.bucket.toml();
     let solo = Archway::start(&plain).await;
     let r = http()
         .get(format!("{}{path}", solo.url()))
@@ -456,4 +488,37 @@ async fn the_internal_endpoint_needs_the_cluster_secret() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+}
+
+/// Azure's conditional writes (If-None-Match, If-Match) hold the lease the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_azure_fetch_each_blob_once() {
+    let h = Herd::start_on(Bucket::Azure(Azurite::start("mirror").await)).await;
+    let s = h.settings(None);
+    let replicas = [Archway::start(&s).await, Archway::start(&s).await];
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let observers: Vec<_> = replicas
+        .iter()
+        .map(|a| observe(a, h.big(), tx.clone()))
+        .collect();
+    first_bytes(&mut rx, 2).await;
+    let pulls: Vec<_> = replicas.iter().map(|a| pulls(a, 3)).collect();
+    for a in &replicas {
+        attached(a, &blob_path(h.big()), 4).await;
+    }
+    h.relay.open();
+    for o in observers {
+        assert_eq!(o.await.unwrap().unwrap(), h.big());
+    }
+    for (dir, t) in pulls.into_iter().flatten() {
+        verified(dir.path(), t.join().unwrap());
+    }
+    h.assert_one_get_per_blob(&replicas.iter().collect::<Vec<_>>());
+    let mut followed = 0.0;
+    for a in &replicas {
+        followed += leases(a, "followed").await;
+        assert_eq!(leases(a, "fallback").await, 0.0, "Azure wrote create-only");
+    }
+    assert!(followed >= 1.0);
+    assert_eq!(h.bucket.keys("cache/fills/").await, Vec::<String>::new());
 }

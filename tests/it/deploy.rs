@@ -33,6 +33,64 @@ fn docs(path: &Path) -> Vec<serde_yaml::Value> {
         .collect()
 }
 
+/// The Secret's mount in the pod, as the s3 variant's archway.toml names its file.
+const CLUSTER_SECRET: &str = "/run/secrets/archway-cluster/secret";
+
+/// `archway check-config` on a shipped config, as a pod would run it: POD_IP from the
+/// downward API, the cluster secret where the Secret is mounted (here a temp file); stdout.
+fn check_config(cfg: &Path) -> String {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-secret-of-at-least-16-bytes\n").unwrap();
+    let copy = dir.path().join("archway.toml");
+    std::fs::write(
+        &copy,
+        text.replace(CLUSTER_SECRET, secret.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new(Archway::bin())
+        .arg("check-config")
+        .arg(&copy)
+        .env("POD_IP", "10.0.0.7")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        cfg.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The s3 kustomization gives the pod what `[cluster]` reads: POD_IP from the downward API,
+/// and the Secret mounted where `secret_file` points.
+fn assert_cluster_patches(kustomization: &serde_yaml::Value) {
+    let patches: String = kustomization["patches"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["patch"].as_str())
+        .collect();
+    let ops: Vec<serde_yaml::Value> = serde_yaml::from_str(&patches).unwrap();
+    let value = |path: &str| {
+        ops.iter()
+            .find(|o| o["path"].as_str() == Some(path))
+            .map(|o| o["value"].clone())
+            .unwrap_or_else(|| panic!("no patch of {path}"))
+    };
+    let env = value("/spec/template/spec/containers/0/env/-");
+    assert_eq!(env["name"], "POD_IP");
+    assert_eq!(env["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    let mount = value("/spec/template/spec/containers/0/volumeMounts/-");
+    let dir = Path::new(CLUSTER_SECRET).parent().unwrap();
+    assert_eq!(mount["mountPath"].as_str().map(Path::new), Some(dir));
+    let volume = value("/spec/template/spec/volumes/-");
+    assert_eq!(volume["name"], mount["name"]);
+    assert_eq!(volume["secret"]["secretName"], "archway-cluster");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_manifests_are_valid_and_their_probes_exist() {
     let mut files = Vec::new();
@@ -62,17 +120,14 @@ async fn kubernetes_manifests_are_valid_and_their_probes_exist() {
                 for g in d["configMapGenerator"].as_sequence().into_iter().flatten() {
                     for file in g["files"].as_sequence().into_iter().flatten() {
                         let cfg = dir.join(file.as_str().unwrap());
-                        let out = Command::new(Archway::bin())
-                            .arg("check-config")
-                            .arg(&cfg)
-                            .output()
-                            .unwrap();
-                        assert!(
-                            out.status.success(),
-                            "{}: {}",
-                            cfg.display(),
-                            String::from_utf8_lossy(&out.stderr)
-                        );
+                        let stdout = check_config(&cfg);
+                        if dir.ends_with("s3") {
+                            assert!(
+                                stdout.contains("cluster  advertise 10.0.0.7 (POD_IP)"),
+                                "{stdout}"
+                            );
+                            assert_cluster_patches(&d);
+                        }
                     }
                 }
             }

@@ -15,6 +15,7 @@ mod gc;
 mod multiarch;
 mod object_stores;
 mod pull;
+mod redirects;
 mod referrers;
 mod reload;
 mod routing;
