@@ -50,9 +50,41 @@ pub enum Error {
     TooManyRequests(String),
     #[error("{0}")]
     Unauthorized(&'static str),
-    /// Credentials that do not open what they were sent to (the cluster's internal endpoint).
+    /// Credentials that do not open what they were sent to (the cluster's internal endpoint,
+    /// a push by a user who is not a writer).
     #[error("{0}")]
     Denied(&'static str),
+    /// No such blob upload (never started, finished, cancelled, expired, or another
+    /// repository's).
+    #[error("{0}")]
+    UploadUnknown(String),
+    /// A chunk that does not continue the upload where it stands: answered 416 with the
+    /// upload's `Range` and `Location`.
+    #[error("chunk out of order: the upload holds {size} bytes")]
+    UploadRange {
+        size: u64,
+        /// The upload's URL, for the `Location` header.
+        location: String,
+    },
+    #[error("{0}")]
+    UploadInvalid(String),
+    /// A pushed blob whose bytes hash to another digest than the one it was pushed as.
+    #[error("the content's digest is {actual}, not {expected}")]
+    DigestWrong {
+        expected: crate::oci::Digest,
+        actual: crate::oci::Digest,
+    },
+    /// A pushed manifest that references a blob or manifest the repository does not have.
+    #[error("{0}")]
+    ManifestBlobUnknown(String),
+    /// A pushed manifest over the size limit.
+    #[error(
+        "manifest is larger than {} bytes",
+        crate::oci::manifest::MAX_MANIFEST_SIZE
+    )]
+    ManifestTooLarge,
+    #[error("{0}")]
+    SizeInvalid(String),
     /// The upstream failed; what that means for the client depends on how (see
     /// [`UpstreamError::failure`]).
     #[error("{}", upstream_summary(.0))]
@@ -116,6 +148,12 @@ impl Error {
             Error::TooManyRequests(_) => "TOOMANYREQUESTS",
             Error::Unauthorized(_) => "UNAUTHORIZED",
             Error::Denied(_) => "DENIED",
+            Error::UploadUnknown(_) => "BLOB_UPLOAD_UNKNOWN",
+            Error::UploadRange { .. } | Error::UploadInvalid(_) => "BLOB_UPLOAD_INVALID",
+            Error::DigestWrong { .. } => "DIGEST_INVALID",
+            Error::ManifestBlobUnknown(_) => "MANIFEST_BLOB_UNKNOWN",
+            Error::ManifestTooLarge => "MANIFEST_INVALID",
+            Error::SizeInvalid(_) => "SIZE_INVALID",
             Error::Upstream(e) => match e.failure() {
                 Failure::RateLimited => "TOOMANYREQUESTS",
                 Failure::Denied => "DENIED",
@@ -148,6 +186,13 @@ impl Error {
             Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Denied(_) => StatusCode::FORBIDDEN,
+            Error::UploadUnknown(_) => StatusCode::NOT_FOUND,
+            Error::UploadRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Error::UploadInvalid(_)
+            | Error::DigestWrong { .. }
+            | Error::ManifestBlobUnknown(_)
+            | Error::SizeInvalid(_) => StatusCode::BAD_REQUEST,
+            Error::ManifestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Upstream(e) => match e.failure() {
                 Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,
                 Failure::Denied => StatusCode::FORBIDDEN,

@@ -29,7 +29,7 @@
 //! | 3 | `upstream` | the client for upstream registries |
 //! | 4 | `error` | the errors a request can end in |
 //! | 5 | `routing` `storage` | which upstream serves a name; the object-store cache |
-//! | 6 | `gc` `cluster` | the bounded cache: access times, eviction; fill leases and peers across replicas |
+//! | 6 | `gc` `cluster` `hosted` | the bounded cache: access times, eviction; fill leases and peers across replicas; pushed repositories |
 //! | 7 | `registry` | the services: manifests, blobs, links, tags, synthesis |
 //! | 8 | `http` | the HTTP front: server, handlers, admin listener |
 //! | 9 | `live` | the running configuration, swapped on SIGHUP |
@@ -43,6 +43,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod gc;
+pub mod hosted;
 pub mod http;
 pub mod live;
 pub mod metrics;

@@ -221,7 +221,9 @@ fn check_config(path: &Path) -> Result<(), Failure> {
     );
     say!(
         "{}",
-        Router::new(&c.upstreams).describe(&c.upstreams).trim_end()
+        Router::new(&c.upstreams, &c.hosted)
+            .describe(&c.upstreams, &c.hosted)
+            .trim_end()
     );
     say!("default platform {}", c.multiarch.default_platform);
     for f in &c.fallbacks {
@@ -310,19 +312,23 @@ fn gc(config: Option<&Path>, dry_run: bool, max_size: Option<&str>) -> Result<()
             .parse::<bytesize::ByteSize>()
             .map_err(|e| format!("--max-size {s:?}: {e}"))?
             .as_u64(),
-        None => config.storage.gc.max_size.ok_or_else(|| {
-            format!(
-                "{}: storage.max_size is not set; set it or pass --max-size",
-                config.source
-            )
-        })?,
+        // Unbounded: nothing is evicted, and the sweep still deletes what nothing
+        // references.
+        None => config.storage.gc.max_size.unwrap_or(u64::MAX),
     };
     let r = runtime()?.block_on(async {
         let shared =
             archway::registry::Shared::open(&config.storage).map_err(StartupError::from)?;
+        if !dry_run && !config.hosted.is_empty() {
+            let hosted = archway::hosted::Hosted::new(shared.store.clone(), config.hosted.clone());
+            hosted
+                .expire_uploads()
+                .await
+                .map_err(|e| Failure::from(format!("{}: {}", config.storage.url, Chain(&e))))?;
+        }
         let collector = shared.collector(&config.storage);
         collector
-            .run(max, dry_run)
+            .run_sweeping(max, dry_run, true)
             .await
             .map_err(|e| Failure::from(format!("{}: {}", config.storage.url, Chain(&e))))
     })?;
@@ -332,7 +338,11 @@ fn gc(config: Option<&Path>, dry_run: bool, max_size: Option<&str>) -> Result<()
         config.storage.url,
         human_bytes(p.size_before),
         r.objects,
-        human_bytes(max)
+        if max == u64::MAX {
+            "unbounded (sweep only)".to_string()
+        } else {
+            human_bytes(max)
+        }
     );
     for (root, used) in &p.roots {
         let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(*used);

@@ -191,6 +191,26 @@ fn start_collecting(live: &Arc<Live>, collector: &Arc<Collector>) {
             );
         }
     }
+    // Abandoned uploads into hosted repositories: their chunks go once they expire. The
+    // registry current at each run, so a reload that adds [[hosted]] is seen.
+    let uploads = live.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            let registry = uploads.registry();
+            if registry.config.hosted.is_empty() {
+                continue;
+            }
+            match registry.hosted().expire_uploads().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(objects = n, "expired abandoned uploads"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::causes::Chain(&e), "cannot expire abandoned uploads")
+                }
+            }
+        }
+    });
     let forget = live.clone();
     tokio::spawn(
         collector

@@ -4,7 +4,6 @@
 use serde::Deserialize;
 
 use super::values::Errors;
-use super::UpstreamConfig;
 use crate::oci::reference::split_reference;
 use crate::oci::{Platform, RepoName, Tag};
 
@@ -68,17 +67,13 @@ pub(super) fn validate_multiarch(raw: RawMultiarch, errs: &mut Errors) -> Multia
     MultiarchConfig { default_platform }
 }
 
+/// `registries`: what a reference may start with, an upstream's or hosted registry's name
+/// or one of its hosts.
 pub(super) fn validate(
     raw: Vec<RawFallback>,
-    upstreams: &[UpstreamConfig],
+    registries: &[&str],
     errs: &mut Errors,
 ) -> Vec<FallbackConfig> {
-    // What a reference may start with: an upstream's name or one of its hosts.
-    let registries: Vec<&str> = upstreams
-        .iter()
-        .flat_map(|u| std::iter::once(&u.name).chain(&u.hosts))
-        .map(String::as_str)
-        .collect();
     let mut fallbacks = Vec::new();
     for (i, f) in raw.into_iter().enumerate() {
         let key = format!("fallback[{i}].repository");
@@ -97,7 +92,7 @@ pub(super) fn validate(
             errs.push(
                 key,
                 format!(
-                    "{repository:?} must be a configured registry host or upstream name, then a repository (a trailing /* matches every repository below it)"
+                    "{repository:?} must be a configured registry host, upstream or hosted name, then a repository (a trailing /* matches every repository below it)"
                 ),
             );
             continue;
@@ -105,7 +100,7 @@ pub(super) fn validate(
         let mut platforms: Vec<(Platform, String)> = Vec::new();
         for (pk, v) in f.platforms {
             let key = format!("fallback[{i}].platforms.\"{pk}\"");
-            match platform_entry(&pk, &v, &registries) {
+            match platform_entry(&pk, &v, registries) {
                 Ok((platform, _)) if platforms.iter().any(|(p, _)| *p == platform) => {
                     errs.push(&key, format!("platform {platform} is listed twice"))
                 }
@@ -152,7 +147,7 @@ fn platform_entry(
         {
             if !registries.contains(&host) {
                 return Err(format!(
-                    "{template:?} names {host:?}, which is no configured upstream"
+                    "{template:?} names {host:?}, which is no configured upstream or hosted registry"
                 ));
             }
         }

@@ -4,13 +4,14 @@
 //! then each section's `validate` checks every value of its table. All problems are collected,
 //! each naming its key, so an admin fixes a config in one round instead of one error per
 //! restart. One file per section: `server`, `storage`, `cache`, `upstream`, `admin`, `auth`,
-//! `fallback` (with `[multiarch]`), `signing` and `cluster`.
+//! `fallback` (with `[multiarch]`), `signing`, `cluster` and `hosted`.
 
 mod admin;
 mod auth;
 mod cache;
 mod cluster;
 mod fallback;
+mod hosted;
 mod server;
 mod signing;
 mod storage;
@@ -27,6 +28,7 @@ pub use auth::{parse_htpasswd, AuthConfig};
 pub use cache::CacheConfig;
 pub use cluster::{Advertise, ClusterConfig};
 pub use fallback::{expand_template, FallbackConfig, MultiarchConfig, TEMPLATE_PLACEHOLDERS};
+pub use hosted::HostedConfig;
 pub use server::{ServerConfig, TlsFiles};
 pub use signing::SigningConfig;
 pub use storage::{AzureConfig, GcConfig, RedirectConfig, S3Config, StorageConfig, StorageUrl};
@@ -100,6 +102,8 @@ struct RawConfig {
     signing: Option<signing::RawSigning>,
     #[serde(default)]
     cluster: Option<cluster::RawCluster>,
+    #[serde(default)]
+    hosted: Vec<hosted::RawHosted>,
 }
 
 /// A validated configuration: every value parsed, every file it names read.
@@ -127,6 +131,8 @@ pub struct Config {
     pub signing: Option<SigningConfig>,
     /// Replicas coordinating their fills, when `[cluster]` is configured.
     pub cluster: Option<ClusterConfig>,
+    /// Repositories archway stores itself (`[[hosted]]`), in config order.
+    pub hosted: Vec<HostedConfig>,
 }
 
 impl Config {
@@ -165,11 +171,35 @@ impl Config {
         let server = server::validate(raw.server, base, &mut errs);
         let storage = storage::validate(raw.storage, base, &mut errs);
         let cache = cache::validate(raw.cache, &mut errs);
-        let upstreams = upstream::validate(raw.upstream, base, &mut errs);
+        // Routing keys (names and hosts) taken so far, and by what.
+        let mut routing = std::collections::HashMap::new();
+        let upstreams = upstream::validate(raw.upstream, base, &mut errs, &mut routing);
         let admin = admin::validate(raw.admin, &mut errs);
         let auth = auth::validate(raw.auth, base, &mut errs);
         let multiarch = fallback::validate_multiarch(raw.multiarch, &mut errs);
-        let fallbacks = fallback::validate(raw.fallback, &upstreams, &mut errs);
+        let hosted = hosted::validate(raw.hosted, auth.as_ref(), &mut errs, &mut routing);
+        let registries: Vec<&str> = upstreams
+            .iter()
+            .flat_map(|u| std::iter::once(&u.name).chain(&u.hosts))
+            .chain(
+                hosted
+                    .iter()
+                    .flat_map(|h| std::iter::once(&h.name).chain(&h.hosts)),
+            )
+            .map(String::as_str)
+            .collect();
+        let fallbacks = fallback::validate(raw.fallback, &registries, &mut errs);
+        for (i, f) in fallbacks.iter().enumerate() {
+            if hosted
+                .iter()
+                .any(|h| h.name == f.registry || h.hosts.contains(&f.registry))
+            {
+                errs.push(
+                    format!("fallback[{i}].repository"),
+                    format!("{:?} is a hosted repository: push every platform to it instead (fallback rules fill upstream images; their platforms may come from hosted ones)", f.repository),
+                );
+            }
+        }
         let signing = signing::validate(raw.signing, base, &mut errs);
         let cluster = cluster::validate(raw.cluster, base, &mut errs);
         if cluster.is_some()
@@ -201,6 +231,7 @@ impl Config {
             fallbacks,
             signing,
             cluster,
+            hosted,
         })
     }
 }

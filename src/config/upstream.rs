@@ -74,6 +74,7 @@ pub(super) fn validate(
     raw: Vec<RawUpstream>,
     base: Option<&Path>,
     errs: &mut Errors,
+    seen: &mut HashMap<String, String>,
 ) -> Vec<UpstreamConfig> {
     if raw.is_empty() {
         errs.push(
@@ -82,8 +83,6 @@ pub(super) fn validate(
         );
     }
     let mut upstreams = Vec::new();
-    // Routing keys (names and hosts) already taken, and by which upstream.
-    let mut seen: HashMap<String, String> = HashMap::new();
     let mut defaults = Vec::new();
     for (i, u) in raw.into_iter().enumerate() {
         let k = |f: &str| format!("upstream[{i}].{f}");
@@ -97,7 +96,14 @@ pub(super) fn validate(
             );
         }
         let url = url(errs, &k("url"), u.url.as_deref());
-        claim_routing_keys(errs, &mut seen, i, &name, &u.hosts);
+        claim_routing_keys(
+            errs,
+            seen,
+            &format!("upstream[{i}]"),
+            &format!("upstream {name:?}"),
+            &u.hosts,
+            &name,
+        );
         if u.default {
             defaults.push(name.clone());
         }
@@ -165,17 +171,20 @@ fn url(errs: &mut Errors, key: &str, v: Option<&str>) -> Option<Url> {
     None
 }
 
-/// The name and every host are routing keys, so each may belong to one upstream only.
-fn claim_routing_keys(
+/// The name and every host are routing keys, so each may belong to one upstream or hosted
+/// registry only. `at` is the table (`upstream[0]`), `owner` how messages name it
+/// (`upstream "hub"`).
+pub(super) fn claim_routing_keys(
     errs: &mut Errors,
     seen: &mut HashMap<String, String>,
-    i: usize,
-    name: &str,
+    at: &str,
+    owner: &str,
     hosts: &[String],
+    name: &str,
 ) {
-    let mut keys = vec![(name.to_string(), format!("upstream[{i}].name"), false)];
+    let mut keys = vec![(name.to_string(), format!("{at}.name"), false)];
     for (j, h) in hosts.iter().enumerate() {
-        let at = format!("upstream[{i}].hosts[{j}]");
+        let at = format!("{at}.hosts[{j}]");
         if !valid_host(h) {
             errs.push(&at, format!("{h:?} is not a lower-case host[:port]"));
         }
@@ -186,14 +195,14 @@ fn claim_routing_keys(
             continue;
         }
         match seen.get(&key) {
-            Some(prev) if prev != name => errs.push(
+            Some(prev) if prev != owner => errs.push(
                 at,
-                format!("{key:?} already routes to upstream {prev:?} (duplicate host)"),
+                format!("{key:?} already routes to {prev} (duplicate host)"),
             ),
             Some(_) if is_host => errs.push(at, format!("{key:?} is listed twice")),
             Some(_) => {}
             None => {
-                seen.insert(key, name.to_string());
+                seen.insert(key, owner.to_string());
             }
         }
     }
@@ -237,7 +246,11 @@ fn ca_file(errs: &mut Errors, base: Option<&Path>, key: &str, f: &str) -> Option
     }
 }
 
-fn valid_host(h: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.contains('/') && name.parse::<RepoName>().is_ok()
+}
+
+pub(super) fn valid_host(h: &str) -> bool {
     let (host, port) = match h.rsplit_once(':') {
         Some((host, port)) => (host, Some(port)),
         None => (h, None),

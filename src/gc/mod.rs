@@ -115,6 +115,13 @@ impl Collector {
 
     /// One collection: plan evictions down to `max_size` and, unless `dry_run`, carry them out.
     pub async fn run(&self, max_size: u64, dry_run: bool) -> Result<Report> {
+        self.run_sweeping(max_size, dry_run, false).await
+    }
+
+    /// [`Collector::run`], and with `sweep` also delete content nothing references any more
+    /// (left by deletes in hosted repositories, or by evicted images), whatever the size:
+    /// what `archway gc` does.
+    pub async fn run_sweeping(&self, max_size: u64, dry_run: bool, sweep: bool) -> Result<Report> {
         let _one_at_a_time = self.running.lock().await;
         if !dry_run {
             self.access.flush(&self.store).await?;
@@ -122,13 +129,13 @@ impl Collector {
         let mut listing = self.list().await?;
         self.load_refs(&mut listing.inventory).await?;
         let (mut atimes, mut journals) = access::load(&self.store).await?;
-        let mut plan = self.plan(&listing, &atimes, max_size);
+        let mut plan = self.plan(&listing, &atimes, max_size, sweep);
         if !dry_run && !plan.is_empty() {
             // Listing a large store takes a while: take in the uses noted meanwhile (here,
             // and by replicas that flushed since) and plan again before deleting anything.
             self.access.flush(&self.store).await?;
             (atimes, journals) = access::load(&self.store).await?;
-            plan = self.plan(&listing, &atimes, max_size);
+            plan = self.plan(&listing, &atimes, max_size, sweep);
         }
         let mut report = Report {
             objects: listing.inventory.content.len(),
@@ -173,8 +180,14 @@ impl Collector {
         crate::clock::now_millis().saturating_sub(self.config.min_age.as_millis() as u64)
     }
 
-    fn plan(&self, listing: &Listing, atimes: &plan::Atimes, max_size: u64) -> Plan {
-        plan::plan(&listing.inventory, atimes, max_size, self.keep_after())
+    fn plan(&self, listing: &Listing, atimes: &plan::Atimes, max_size: u64, sweep: bool) -> Plan {
+        plan::plan_sweeping(
+            &listing.inventory,
+            atimes,
+            max_size,
+            self.keep_after(),
+            sweep,
+        )
     }
 
     async fn list(&self) -> Result<Listing> {
@@ -219,12 +232,35 @@ impl Collector {
                 RepoEntryKind::Blob(d) => l.blob_links.entry(d).or_default().push(meta.location),
             }
         }
+        // Hosted repositories: their manifests are never evicted, nor what they reference;
+        // their blob links go with their blob when a sweep deletes it.
+        let mut hosted = self.store.list(layout::HOSTED);
+        while let Some(meta) = hosted.try_next().await? {
+            let Some(e) = layout::parse_hosted(&meta.location) else {
+                continue;
+            };
+            match e.kind {
+                RepoEntryKind::Manifest(d) => {
+                    l.inventory.pinned.insert(d);
+                }
+                RepoEntryKind::Blob(d) => {
+                    l.inventory.pushed.insert(d.clone());
+                    l.blob_links.entry(d).or_default().push(meta.location);
+                }
+                RepoEntryKind::Tag(_) => {}
+            }
+        }
         Ok(l)
     }
 
     /// Reads every manifest the roots reach (through indexes too) to learn its references.
     async fn load_refs(&self, inv: &mut plan::Inventory) -> Result<()> {
-        let mut queue: VecDeque<Digest> = inv.roots.keys().map(|r| r.digest.clone()).collect();
+        let mut queue: VecDeque<Digest> = inv
+            .roots
+            .keys()
+            .map(|r| r.digest.clone())
+            .chain(inv.pinned.iter().cloned())
+            .collect();
         let mut seen: HashSet<Digest> = HashSet::new();
         while let Some(d) = queue.pop_front() {
             if !seen.insert(d.clone()) || !inv.content.contains_key(&d) {

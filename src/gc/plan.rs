@@ -55,6 +55,12 @@ pub struct Inventory {
     /// Some cached manifest could not be read for its references: content that looks
     /// unreachable may not be, so none of it is a candidate.
     pub opaque: bool,
+    /// Manifests of hosted repositories: roots that are never evicted, so neither is what
+    /// they reach.
+    pub pinned: HashSet<Digest>,
+    /// Blobs pushed to hosted repositories: never evicted either (a push in progress has its
+    /// blobs before its manifest), but swept once nothing references them.
+    pub pushed: HashSet<Digest>,
 }
 
 /// Last-use times recorded by the replicas (epoch millis).
@@ -105,6 +111,19 @@ enum Candidate<'a> {
 /// after `keep_after` (epoch millis). When what remains is all that recent, the plan stops
 /// short and `size_after` stays above `max_size`.
 pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) -> Plan {
+    plan_sweeping(inv, atimes, max_size, keep_after, false)
+}
+
+/// [`plan`], and with `sweep` also every piece of content nothing references any more (what
+/// deletes in hosted repositories left, what evicted images left) that was not used at or
+/// after `keep_after`, whatever the size.
+pub fn plan_sweeping(
+    inv: &Inventory,
+    atimes: &Atimes,
+    max_size: u64,
+    keep_after: u64,
+    sweep: bool,
+) -> Plan {
     let mut p = Planner::new(inv, atimes, keep_after);
     while let Some(Reverse((used, c))) = p.queue.pop() {
         if p.plan.size_after <= max_size || used >= keep_after {
@@ -113,6 +132,20 @@ pub fn plan(inv: &Inventory, atimes: &Atimes, max_size: u64, keep_after: u64) ->
         match c {
             Candidate::Unreachable(d) => p.delete(d),
             Candidate::Root(root) => p.evict(root, used),
+        }
+    }
+    if sweep && !inv.opaque {
+        let mut left: Vec<&Digest> = p
+            .unreachable
+            .iter()
+            .chain(&p.recent_orphans)
+            .copied()
+            .filter(|d| !p.deleted.contains(*d) && p.content_used(d) < keep_after)
+            .collect();
+        left.sort();
+        left.dedup();
+        for d in left {
+            p.delete(d);
         }
     }
     p.finish()
@@ -175,6 +208,9 @@ impl<'a> Planner<'a> {
         }
         if !inv.opaque {
             for d in p.unreachable.clone() {
+                if inv.pushed.contains(d) {
+                    continue;
+                }
                 let used = p.content_used(d);
                 p.queue.push(Reverse((used, Candidate::Unreachable(d))));
             }
@@ -236,8 +272,9 @@ impl<'a> Planner<'a> {
                 continue;
             }
             // A layer fetched moments ago belongs to a pull in progress, whatever the
-            // manifest's own last use: it stays, and competes later on its own.
-            if self.content_used(d) >= self.keep_after {
+            // manifest's own last use: it stays, and competes later on its own. A pushed
+            // blob stays until a sweep.
+            if self.content_used(d) >= self.keep_after || self.inv.pushed.contains(d) {
                 self.recent_orphans.push(d);
                 continue;
             }
@@ -284,11 +321,12 @@ fn reference_counts(inv: &Inventory) -> (HashMap<&Digest, u32>, HashSet<&Digest>
     let mut rc: HashMap<&Digest, u32> = HashMap::new();
     let mut stack: Vec<&Digest> = Vec::new();
     let mut reached: HashSet<&Digest> = HashSet::new();
-    for root in inv.roots.keys() {
-        if inv.content.contains_key(&root.digest) {
-            *rc.entry(&root.digest).or_default() += 1;
-            if reached.insert(&root.digest) {
-                stack.push(&root.digest);
+    let roots = inv.roots.keys().map(|r| &r.digest).chain(&inv.pinned);
+    for d in roots {
+        if inv.content.contains_key(d) {
+            *rc.entry(d).or_default() += 1;
+            if reached.insert(d) {
+                stack.push(d);
             }
         }
     }

@@ -52,8 +52,13 @@ impl ClientAuth {
         }
     }
 
-    /// Checks a request's `Authorization` header. `Ok` lets it through.
-    pub fn check(&self, peer: IpAddr, authorization: Option<&str>) -> Result<(), Error> {
+    /// Checks a request's `Authorization` header. `Ok` lets it through, with the user it
+    /// authenticated (`None`: anonymous, where that is allowed).
+    pub fn check(
+        &self,
+        peer: IpAddr,
+        authorization: Option<&str>,
+    ) -> Result<Option<String>, Error> {
         let failures = self.failures.get_with(peer, || Arc::new(AtomicU32::new(0)));
         if failures.load(Ordering::Relaxed) >= MAX_FAILURES {
             return Err(Error::TooManyRequests(
@@ -62,7 +67,7 @@ impl ClientAuth {
         }
         let Some(header) = authorization else {
             return if self.anonymous {
-                Ok(())
+                Ok(None)
             } else {
                 Err(Error::Unauthorized("authentication required"))
             };
@@ -75,10 +80,12 @@ impl ClientAuth {
                     .ok()
             })
             .and_then(|b| String::from_utf8(b).ok());
+        let mut who = None;
         let ok = creds
             .as_deref()
             .and_then(|c| c.split_once(':'))
             .is_some_and(|(user, pass)| {
+                who = Some(user.to_string());
                 let key = (user.to_string(), Digest::sha256_of(pass.as_bytes()));
                 if self.verified.contains_key(&key) {
                     return true;
@@ -93,7 +100,7 @@ impl ClientAuth {
                 good
             });
         if ok {
-            Ok(())
+            Ok(who)
         } else {
             failures.fetch_add(1, Ordering::Relaxed);
             Err(Error::Unauthorized("invalid username or password"))

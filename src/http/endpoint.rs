@@ -13,9 +13,10 @@ pub enum Endpoint<'a> {
         name: &'a str,
         digest: &'a str,
     },
-    /// `/v2/<name>/blobs/uploads/...`: pushing, which a mirror refuses.
+    /// `/v2/<name>/blobs/uploads/` (start one) and `/v2/<name>/blobs/uploads/<id>`.
     Upload {
         name: &'a str,
+        id: Option<&'a str>,
     },
     Tags {
         name: &'a str,
@@ -48,7 +49,11 @@ pub fn parse(path: &str) -> Endpoint<'_> {
     if let Some(i) = rest.find("/blobs/uploads") {
         let after = &rest[i + "/blobs/uploads".len()..];
         if after.is_empty() || after.starts_with('/') {
-            return Endpoint::Upload { name: &rest[..i] };
+            let id = after.trim_start_matches('/');
+            return Endpoint::Upload {
+                name: &rest[..i],
+                id: (!id.is_empty()).then_some(id),
+            };
         }
     }
     // The name may itself contain "manifests" or "blobs" components, so split from the end.
@@ -105,11 +110,17 @@ mod tests {
         );
         assert_eq!(
             parse("/v2/a/blobs/uploads/"),
-            Endpoint::Upload { name: "a" }
+            Endpoint::Upload {
+                name: "a",
+                id: None
+            }
         );
         assert_eq!(
             parse("/v2/a/blobs/uploads/1234-5678"),
-            Endpoint::Upload { name: "a" }
+            Endpoint::Upload {
+                name: "a",
+                id: Some("1234-5678")
+            }
         );
         assert_eq!(parse("/v2/_catalog"), Endpoint::Catalog);
         assert_eq!(

@@ -40,9 +40,24 @@ pub fn response(e: &Error, head: bool) -> Response<Body> {
                 h.insert(CONTENT_RANGE, v);
             }
         }
+        // Where the upload stands, so the client can resume from there.
+        Error::UploadRange { size, location } => {
+            if let Ok(v) = HeaderValue::from_str(&upload_range(*size)) {
+                h.insert(http::header::RANGE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(location) {
+                h.insert(http::header::LOCATION, v);
+            }
+        }
         _ => {}
     }
     resp
+}
+
+/// An upload's `Range` header: `0-<last byte>`, and `0-0` while it is empty (as
+/// distribution answers).
+pub fn upload_range(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
 }
 
 /// The JSON body.

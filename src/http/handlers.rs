@@ -10,7 +10,7 @@ use http::header::{
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
+use hyper::body::{Frame, Incoming};
 
 use super::endpoint::{self, Endpoint};
 use super::{empty, errors, full, Body, Front};
@@ -19,7 +19,7 @@ use crate::oci::media::Accept;
 use crate::oci::reference::ReferenceError;
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::range;
-use crate::registry::{BlobAnswer, Registry};
+use crate::registry::{BlobAnswer, BlobBody, Registry};
 use crate::routing::Route;
 
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
@@ -45,10 +45,10 @@ pub fn route_label(path: &str) -> &'static str {
     }
 }
 
-pub async fn handle<B>(front: &Front, req: &Request<B>, peer: IpAddr) -> Response<Body> {
+pub async fn handle(front: &Front, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     // Replicas' internal endpoint: authenticated by the cluster secret, not client logins.
     if req.uri().path().starts_with(crate::cluster::FILL_PATH) {
-        let mut resp = match super::peers::fill(&front.registry, req, peer).await {
+        let mut resp = match super::peers::fill(&front.registry, &req, peer).await {
             Ok(r) => r,
             Err(e) => errors::response(&e, false),
         };
@@ -65,19 +65,49 @@ pub async fn handle<B>(front: &Front, req: &Request<B>, peer: IpAddr) -> Respons
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok()),
         ),
-        None => Ok(()),
+        None => Ok(None),
     };
+    let head = req.method() == Method::HEAD;
     let result = match allowed {
-        Ok(()) => dispatch(&front.registry, req).await,
+        Ok(user) => match hosted_target(&front.registry, &req, user) {
+            Some(t) => {
+                let path = req.uri().path().to_string();
+                super::hosted::dispatch(&front.registry, req, endpoint::parse(&path), t).await
+            }
+            None => dispatch(&front.registry, &req).await,
+        },
         Err(e) => Err(e),
     };
     let mut resp = match result {
         Ok(r) => r,
-        Err(e) => errors::response(&e, req.method() == Method::HEAD),
+        Err(e) => errors::response(&e, head),
     };
     resp.headers_mut()
         .insert("docker-distribution-api-version", API_VERSION);
     resp
+}
+
+/// The hosted repository a request is for, if it is for one.
+fn hosted_target<B>(
+    registry: &Registry,
+    req: &Request<B>,
+    user: Option<String>,
+) -> Option<super::hosted::Target> {
+    let name = match endpoint::parse(req.uri().path()) {
+        Endpoint::Manifest { name, .. }
+        | Endpoint::Blob { name, .. }
+        | Endpoint::Upload { name, .. }
+        | Endpoint::Tags { name }
+        | Endpoint::Referrers { name, .. } => name,
+        _ => return None,
+    };
+    let route = route(registry, req, name).ok()?;
+    let repo = registry.hosted_repo(&route)?;
+    Some(super::hosted::Target {
+        repo,
+        name: name.to_string(),
+        user,
+    })
 }
 
 async fn dispatch<B>(registry: &Registry, req: &Request<B>) -> Result<Response<Body>, Error> {
@@ -130,14 +160,18 @@ async fn dispatch<B>(registry: &Registry, req: &Request<B>) -> Result<Response<B
             let digest: Digest = digest.parse().map_err(Error::DigestInvalid)?;
             referrers(registry, req, &route, &digest).await
         }
-        Endpoint::Catalog => Err(Error::Unsupported(
-            "the catalog is not offered by a pull-through mirror".into(),
-        )),
+        Endpoint::Catalog => {
+            read_only("_catalog")?;
+            super::hosted::catalog(registry, req).await
+        }
         Endpoint::NotFound => Err(Error::NameUnknown(format!("no such endpoint: {path}"))),
     }
 }
 
-fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<std::borrow::Cow<'a, str>> {
+pub(super) fn query_param<'a>(
+    query: Option<&'a str>,
+    key: &str,
+) -> Option<std::borrow::Cow<'a, str>> {
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v)
@@ -149,14 +183,14 @@ fn route<B>(registry: &Registry, req: &Request<B>, name: &str) -> Result<Route, 
     registry.route(&name, ns.as_deref())
 }
 
-fn parse_reference(s: &str) -> Result<Reference, Error> {
+pub(super) fn parse_reference(s: &str) -> Result<Reference, Error> {
     s.parse().map_err(|e| match e {
         ReferenceError::Digest(e) => Error::DigestInvalid(e),
         ReferenceError::Tag(e) => Error::TagInvalid(e),
     })
 }
 
-fn header(s: &str) -> Result<HeaderValue, Error> {
+pub(super) fn header(s: &str) -> Result<HeaderValue, Error> {
     HeaderValue::from_str(s).map_err(|_| Error::Internal(format!("unsendable header value {s:?}")))
 }
 
@@ -226,6 +260,12 @@ async fn blob<B>(
             return Ok(r);
         }
     };
+    blob_response(d, body)
+}
+
+/// A blob GET's answer for `body`: 200, or 206 with `Content-Range` for a range.
+pub(super) fn blob_response(d: &Digest, body: BlobBody) -> Result<Response<Body>, Error> {
+    let digest_header = header(&d.to_string())?;
     let len = match &body.range {
         Some(r) => Some(r.end - r.start),
         None => body.size,

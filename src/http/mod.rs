@@ -6,6 +6,7 @@ mod client_auth;
 pub mod endpoint;
 pub mod errors;
 mod handlers;
+mod hosted;
 mod peers;
 
 use std::convert::Infallible;
@@ -127,25 +128,26 @@ async fn respond(
 ) -> Response<Body> {
     let started = Instant::now();
     let id = request_id();
-    let mut resp = handlers::handle(front, &req, peer.ip()).await;
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let mut resp = handlers::handle(front, req, peer.ip()).await;
     if let Ok(v) = http::HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     let elapsed = started.elapsed();
-    let route = handlers::route_label(req.uri().path());
+    let route = handlers::route_label(uri.path());
     let m = &front.registry.metrics;
     m.requests
-        .with_label_values(&[route, req.method().as_str(), resp.status().as_str()])
+        .with_label_values(&[route, method.as_str(), resp.status().as_str()])
         .inc();
     m.request_duration
-        .with_label_values(&[route, req.method().as_str()])
+        .with_label_values(&[route, method.as_str()])
         .observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "archway::access",
         id = %id,
         peer = %peer,
-        method = %req.method(),
-        path = %req.uri(),
+        method = %method,
+        path = %uri,
         status = resp.status().as_u16(),
         bytes = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-"),
         ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),

@@ -60,7 +60,12 @@ impl Digest {
 
     /// The sha256 digest of `data`.
     pub fn sha256_of(data: &[u8]) -> Digest {
-        let mut h = Hasher::new(Algorithm::Sha256);
+        Digest::of(Algorithm::Sha256, data)
+    }
+
+    /// The digest of `data` with `algorithm`.
+    pub fn of(algorithm: Algorithm, data: &[u8]) -> Digest {
+        let mut h = Hasher::new(algorithm);
         h.update(data);
         h.finish()
     }

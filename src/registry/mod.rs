@@ -34,6 +34,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, StorageConfig};
 use crate::error::{Error, Result};
 use crate::gc::{AccessLog, Collector, Report};
+use crate::hosted::{self, remote::HostedRemote, Hosted};
 use crate::metrics::Metrics;
 use crate::oci::media::{is_index, Accept};
 use crate::oci::{cosign, index, Digest, Platform, Reference, RepoName, Tag};
@@ -114,6 +115,7 @@ pub struct Registry {
     referrers: Referrers,
     synthesis: Synthesis,
     cluster: Option<Arc<Cluster>>,
+    hosted: Arc<Hosted>,
 }
 
 use blobs::Blobs;
@@ -151,7 +153,17 @@ impl Registry {
             access,
             cluster,
         } = shared.clone();
-        let router = Router::new(&config.upstreams);
+        let router = Router::new(&config.upstreams, &config.hosted);
+        // Hosted registries come after the upstreams, as in the routing table, read through
+        // the same interface (what fallback rules that name them use).
+        let hosted = Arc::new(Hosted::new(store.clone(), config.hosted.clone()));
+        let mut remotes = remotes;
+        remotes.extend(
+            config
+                .hosted
+                .iter()
+                .map(|h| Arc::new(HostedRemote::new(hosted.clone(), &h.name)) as Arc<dyn Remote>),
+        );
         let upstreams = Arc::new(Upstreams::new(remotes));
         // With a bounded cache, another replica's collection may unlink what this one holds in
         // memory. Forgetting links and tags within gc_min_age means nothing evicted (unused
@@ -206,6 +218,12 @@ impl Registry {
                     .upstreams
                     .iter()
                     .map(|u| u.hosts.first().unwrap_or(&u.name).clone())
+                    .chain(
+                        config
+                            .hosted
+                            .iter()
+                            .map(|h| h.hosts.first().unwrap_or(&h.name).clone()),
+                    )
                     .collect(),
                 ttl,
                 forget_after,
@@ -251,6 +269,7 @@ impl Registry {
             referrers,
             synthesis,
             cluster,
+            hosted,
         }
     }
 
@@ -372,6 +391,29 @@ impl Registry {
         range: Option<RangeSpec>,
     ) -> Result<BlobAnswer> {
         self.blobs.answer(route, d, range).await
+    }
+
+    /// The hosted registries (`[[hosted]]`).
+    pub fn hosted(&self) -> &Arc<Hosted> {
+        &self.hosted
+    }
+
+    /// The hosted repository a route names, when it routes to a hosted registry.
+    pub fn hosted_repo(&self, route: &Route) -> Option<hosted::Repo> {
+        let i = self.router.hosted(route)?;
+        Some(hosted::Repo {
+            registry: self.config.hosted.get(i)?.name.clone(),
+            repo: route.repo.clone(),
+        })
+    }
+
+    /// The size of blob `d` when it is cached and linked to the routed (upstream) repository:
+    /// what a cross-repository mount from it may take, without asking the upstream.
+    pub async fn cached_blob(&self, route: &Route, d: &Digest) -> Result<Option<u64>> {
+        if self.links.blob(route, d).await?.is_none() {
+            return Ok(None);
+        }
+        self.store.blob_size(d).await
     }
 
     /// With `[cluster]`: this replica's membership.

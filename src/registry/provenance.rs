@@ -17,6 +17,8 @@ pub enum Provenance {
     Synthesized,
     /// The upstream failed, and the last known answer was served instead.
     Stale,
+    /// From a hosted repository: what a client pushed.
+    Hosted,
 }
 
 impl Provenance {
@@ -27,6 +29,7 @@ impl Provenance {
             Provenance::Upstream => "upstream",
             Provenance::Synthesized => "synthesized",
             Provenance::Stale => "stale",
+            Provenance::Hosted => "hosted",
         }
     }
 

@@ -149,7 +149,7 @@ repository = "docker.io/library/*"
             None,
         )
         .unwrap();
-        let router = Router::new(&c.upstreams);
+        let router = Router::new(&c.upstreams, &c.hosted);
         let fb = Fallbacks::new(&c.fallbacks, &router);
         let route = |n: &str| router.route(&n.parse().unwrap(), None).unwrap();
         let r = fb.for_route(&route("thinklab/go-hello-world")).unwrap();

@@ -1,6 +1,8 @@
-//! Which upstream a request for a repository goes to, and under which name.
+//! Which upstream (or hosted registry) a request for a repository goes to, and under which
+//! name.
 //!
-//! The rules, in order: containerd's `?ns=<host>` names the registry; else a first path
+//! Hosted registries are routed exactly like upstreams and come after them in the table:
+//! `Route::upstream` indexes upstreams first, then `[[hosted]]` entries. The rules, in order: containerd's `?ns=<host>` names the registry; else a first path
 //! component naming an upstream (podman's `location = "mirror/docker.io"`) selects it and is
 //! stripped; else the default upstream. Docker Hub's one-component names gain `library/`.
 
@@ -8,7 +10,7 @@ mod fallbacks;
 
 use std::fmt::Write as _;
 
-use crate::config::UpstreamConfig;
+use crate::config::{HostedConfig, UpstreamConfig};
 use crate::error::Error;
 use crate::oci::RepoName;
 pub use fallbacks::{FallbackRef, Fallbacks, Rule};
@@ -16,7 +18,8 @@ pub use fallbacks::{FallbackRef, Fallbacks, Rule};
 /// A routed request: the upstream and the repository name as that upstream knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
-    /// Index into the config's `[[upstream]]` list.
+    /// Index into the config's `[[upstream]]` list, then (from its length on) into the
+    /// `[[hosted]]` list.
     pub upstream: usize,
     /// The repository as the upstream names it (`library/alpine`, never `docker.io/alpine`).
     pub repo: RepoName,
@@ -26,6 +29,8 @@ pub struct Route {
 pub struct Router {
     entries: Vec<Entry>,
     default: Option<usize>,
+    /// How many of the entries are upstreams (the rest are hosted).
+    upstreams: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -42,7 +47,7 @@ impl Entry {
 }
 
 impl Router {
-    pub fn new(upstreams: &[UpstreamConfig]) -> Router {
+    pub fn new(upstreams: &[UpstreamConfig], hosted: &[HostedConfig]) -> Router {
         let entries = upstreams
             .iter()
             .map(|u| Entry {
@@ -50,11 +55,22 @@ impl Router {
                 hosts: u.hosts.clone(),
                 docker_hub: u.hosts.iter().any(|h| h == "docker.io"),
             })
+            .chain(hosted.iter().map(|h| Entry {
+                name: h.name.clone(),
+                hosts: h.hosts.clone(),
+                docker_hub: false,
+            }))
             .collect();
         Router {
             entries,
             default: upstreams.iter().position(|u| u.default),
+            upstreams: upstreams.len(),
         }
+    }
+
+    /// The `[[hosted]]` index of a route to a hosted registry.
+    pub fn hosted(&self, route: &Route) -> Option<usize> {
+        route.upstream.checked_sub(self.upstreams)
     }
 
     /// Routes `name`, as the client sent it, with the `ns` query parameter if any.
@@ -97,7 +113,7 @@ impl Router {
     }
 
     /// A human-readable routing table, for `archway check-config`.
-    pub fn describe(&self, upstreams: &[UpstreamConfig]) -> String {
+    pub fn describe(&self, upstreams: &[UpstreamConfig], hosted: &[HostedConfig]) -> String {
         let mut s = String::new();
         for (e, u) in self.entries.iter().zip(upstreams) {
             let _ = writeln!(
@@ -117,6 +133,21 @@ impl Router {
             if let Some(user) = &u.username {
                 let _ = writeln!(s, "  credentials: user {user:?}");
             }
+        }
+        for (e, h) in self.entries[self.upstreams..].iter().zip(hosted) {
+            let _ = writeln!(
+                s,
+                "hosted   {:<12} writers {}{}",
+                e.name,
+                h.writers.join(", "),
+                if h.delete { ", delete on" } else { "" }
+            );
+            if !e.hosts.is_empty() {
+                let _ = writeln!(s, "  ?ns=       {}", e.hosts.join(", "));
+            }
+            let mut prefixes = vec![e.name.clone()];
+            prefixes.extend(e.hosts.iter().filter(|h| !h.contains(':')).cloned());
+            let _ = writeln!(s, "  /v2/<p>/.. {}", prefixes.join(", "));
         }
         if self.default.is_none() {
             let _ = writeln!(
@@ -154,7 +185,7 @@ hosts = ["127.0.0.1:5001"]
             None,
         )
         .unwrap();
-        Router::new(&c.upstreams)
+        Router::new(&c.upstreams, &c.hosted)
     }
 
     fn r(name: &str, ns: Option<&str>) -> Result<(usize, String), String> {
@@ -199,14 +230,14 @@ hosts = ["127.0.0.1:5001"]
             None,
         )
         .unwrap();
-        let router = Router::new(&c.upstreams);
+        let router = Router::new(&c.upstreams, &c.hosted);
         let e = router.route(&"org/app".parse().unwrap(), None).unwrap_err();
         assert_eq!(e.code(), "NAME_UNKNOWN");
         assert!(router
             .route(&"quay.io/org/app".parse().unwrap(), None)
             .is_ok());
         assert!(router
-            .describe(&c.upstreams)
+            .describe(&c.upstreams, &c.hosted)
             .contains("no default upstream"));
     }
 }

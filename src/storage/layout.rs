@@ -9,6 +9,13 @@
 //! repositories/<upstream>/<repo>/_signed/<alg>/<hex>         what archway vouches for when it signs
 //! repositories/<upstream>/<repo>/_referrers/<alg>/<hex>      the referrers of a manifest, last checked
 //! access/<epoch millis>-<replica>-<n>.json                   access times, written in batches
+//! fills/<alg>/<hex>                                          [cluster] lease of a fill in progress
+//! hosted/<name>/<repo>/_manifests/<alg>/<hex>                pushed manifest: {mediaType, size, ...}
+//! hosted/<name>/<repo>/_tags/<tag>                           pushed tag: {digest, mediaType, size}
+//! hosted/<name>/<repo>/_blobs/<alg>/<hex>                    pushed blob: {size}
+//! hosted/<name>/<repo>/_referrers/<alg>/<hex>/<alg>/<hex>    a pushed manifest whose subject is the first digest
+//! uploads/<id>.json                                          a blob upload in progress
+//! uploads/<id>/<offset>                                      one chunk of it
 //! ```
 //! Repository components start with `[a-z0-9]`, so the `_`-prefixed directories can never
 //! collide with a repository name.
@@ -20,6 +27,9 @@ use crate::oci::{Digest, RepoName, Tag};
 pub const BLOBS: &str = "blobs";
 pub const REPOSITORIES: &str = "repositories";
 pub const ACCESS: &str = "access";
+/// Hosted repositories: what clients pushed. Never evicted by the bounded cache.
+pub const HOSTED: &str = "hosted";
+pub const UPLOADS: &str = "uploads";
 
 /// The lease of a blob fill in progress (see `cluster::lease`). Outside every prefix the
 /// bounded cache scans: a lease is not content.
@@ -39,6 +49,58 @@ pub fn blob(d: &Digest) -> Path {
 
 fn repo_prefix(upstream: &str, repo: &RepoName) -> String {
     format!("repositories/{upstream}/{repo}")
+}
+
+fn digest_path(d: &Digest) -> String {
+    format!("{}/{}", d.algorithm().as_str(), d.hex())
+}
+
+/// Where a hosted repository's records of one kind (`_manifests`, `_tags`, `_blobs`,
+/// `_referrers`) live.
+pub fn hosted_dir(name: &str, repo: &RepoName, kind: &str) -> Path {
+    Path::from(format!("{HOSTED}/{name}/{repo}/{kind}"))
+}
+
+pub fn hosted_manifest(name: &str, repo: &RepoName, d: &Digest) -> Path {
+    Path::from(format!(
+        "{HOSTED}/{name}/{repo}/_manifests/{}",
+        digest_path(d)
+    ))
+}
+
+pub fn hosted_tag(name: &str, repo: &RepoName, tag: &Tag) -> Path {
+    Path::from(format!("{HOSTED}/{name}/{repo}/_tags/{tag}"))
+}
+
+pub fn hosted_blob(name: &str, repo: &RepoName, d: &Digest) -> Path {
+    Path::from(format!("{HOSTED}/{name}/{repo}/_blobs/{}", digest_path(d)))
+}
+
+/// The manifests pushed with `subject` = `subject`: one record each.
+pub fn hosted_referrers(name: &str, repo: &RepoName, subject: &Digest) -> Path {
+    Path::from(format!(
+        "{HOSTED}/{name}/{repo}/_referrers/{}",
+        digest_path(subject)
+    ))
+}
+
+pub fn hosted_referrer(name: &str, repo: &RepoName, subject: &Digest, d: &Digest) -> Path {
+    Path::from(format!(
+        "{}/{}",
+        hosted_referrers(name, repo, subject),
+        digest_path(d)
+    ))
+}
+
+/// A blob upload's record, beside the directory of its chunks (a key cannot be both an
+/// object and a directory on local disk).
+pub fn upload(id: &str) -> Path {
+    Path::from(format!("{UPLOADS}/{id}.json"))
+}
+
+/// The chunk of an upload that starts at `offset` (zero-padded, so they list in order).
+pub fn upload_chunk(id: &str, offset: u64) -> Path {
+    Path::from(format!("{UPLOADS}/{id}/{offset:020}"))
 }
 
 pub fn manifest_link(upstream: &str, repo: &RepoName, d: &Digest) -> Path {
@@ -123,8 +185,18 @@ pub enum RepoEntryKind {
 
 /// Reads a `repositories/` key back into what it names; `None` for anything else.
 pub fn parse_repository(p: &Path) -> Option<RepoEntry> {
+    parse_under(p, REPOSITORIES)
+}
+
+/// Reads a `hosted/` key back into what it names (`upstream` is the hosted name); `None`
+/// for anything else, referrer records included.
+pub fn parse_hosted(p: &Path) -> Option<RepoEntry> {
+    parse_under(p, HOSTED)
+}
+
+fn parse_under(p: &Path, top: &str) -> Option<RepoEntry> {
     let parts: Vec<&str> = p.as_ref().split('/').collect();
-    if parts.first() != Some(&REPOSITORIES) || parts.len() < 5 {
+    if parts.first() != Some(&top) || parts.len() < 5 {
         return None;
     }
     let upstream = parts[1].to_string();

@@ -206,6 +206,12 @@ impl Store {
         }
     }
 
+    /// Whether this is a `file://` store: one process at a time, and no conditional
+    /// replace (object_store's local backend has none).
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
         &self.os
     }
@@ -302,6 +308,44 @@ impl Store {
                 .signed_url(http::Method::GET, &layout::blob(d), expires)
                 .await?,
         ))
+    }
+
+    /// Writes `stream` as the object `key` (a chunk of a blob upload), all or nothing: a
+    /// multipart upload completed only when the stream ended cleanly. Its length.
+    pub async fn put_stream(
+        &self,
+        key: &Path,
+        mut stream: BoxStream<'static, Result<Bytes>>,
+    ) -> Result<u64> {
+        let upload = self.os.put_multipart(key).await?;
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024);
+        let mut len = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = w.abort().await;
+                    return Err(e);
+                }
+            };
+            if let Err(e) = w.wait_for_capacity(2).await {
+                let _ = w.abort().await;
+                return Err(e.into());
+            }
+            len += chunk.len() as u64;
+            w.put(chunk);
+        }
+        w.finish().await?;
+        Ok(len)
+    }
+
+    /// Streams any object whole (a chunk of a blob upload); `None` when it is absent.
+    pub async fn read_object(&self, key: &Path) -> Result<Option<ByteStream>> {
+        match self.os.get(key).await {
+            Ok(r) => Ok(Some(r.into_stream().map_err(std::io::Error::other).boxed())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Reads a small object (a manifest) whole.

@@ -29,6 +29,15 @@ async fn check(aw: &Archway, method: &str, path: &str, status: u16, code: &str) 
 async fn bad_requests_get_oci_errors() {
     let up = Upstream::start().await;
     let aw = Archway::start(&Settings::single(&up.url())).await;
+    // The catalog lists hosted repositories: none here.
+    let r = http()
+        .get(format!("{}/v2/_catalog", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v, serde_json::json!({"repositories": []}));
     let r = http()
         .get(format!("{}/v2/", aw.url()))
         .send()
@@ -94,7 +103,7 @@ async fn bad_requests_get_oci_errors() {
             405,
             "UNSUPPORTED",
         ),
-        ("GET", "/v2/_catalog", 405, "UNSUPPORTED"),
+        ("POST", "/v2/_catalog", 405, "UNSUPPORTED"),
         ("GET", "/v2/a/unknown/thing", 404, "NAME_UNKNOWN"),
     ] {
         if method == "HEAD" {

@@ -158,12 +158,15 @@ async fn gc_evicts_the_least_recently_used_image_and_keeps_shared_layers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gc_without_a_limit_is_refused() {
+async fn gc_without_a_limit_evicts_nothing_and_only_sweeps() {
     let up = Upstream::start().await;
     let aw = Archway::start(&Settings::single(&up.url())).await;
     let (ok, out) = gc(&aw.config, &[]);
-    assert!(!ok);
-    assert!(out.contains("storage.max_size is not set"), "{out}");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("unbounded (sweep only)") && !out.contains("evict "),
+        "{out}"
+    );
     let (ok, out) = gc(&aw.config, &["--max-size", "plenty"]);
     assert!(!ok);
     assert!(out.contains("--max-size \"plenty\""), "{out}");

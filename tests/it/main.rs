@@ -12,6 +12,7 @@ mod deploy;
 mod errors;
 mod faults;
 mod gc;
+mod hosted;
 mod multiarch;
 mod object_stores;
 mod pull;
