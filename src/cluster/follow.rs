@@ -110,7 +110,8 @@ impl Follower {
     async fn connect(&mut self) -> Result<()> {
         let c = self.cluster.clone();
         let key = lease::key(&self.d);
-        let mut unreachable_since: Option<Instant> = None;
+        // When the owner was first found unreachable, and its lease's expiry then.
+        let mut unreachable: Option<(Instant, u64)> = None;
         loop {
             // Committed meanwhile: the rest is in the store.
             if let Some(size) = c.store.blob_size(&self.d).await? {
@@ -164,8 +165,14 @@ impl Follower {
                     // failed and released the lease. Look again.
                     Ok(None) => {}
                     Err(e) => {
-                        let since = *unreachable_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= c.ttl {
+                        let (since, expiry) =
+                            *unreachable.get_or_insert((Instant::now(), v.value.expires_at));
+                        // An owner that still renews is alive but unreachable from here: after
+                        // a TTL, fetch here. One that stopped renewing is dead: its lease
+                        // lapses within a TTL and is taken over above (three TTLs at most,
+                        // whatever the clocks say).
+                        let renewing = v.value.expires_at > expiry;
+                        if (since.elapsed() >= c.ttl && renewing) || since.elapsed() >= 3 * c.ttl {
                             tracing::warn!(
                                 digest = %self.d, error = %crate::causes::Chain(&e),
                                 "the replica filling this blob cannot be reached and it has not been committed; fetching it here"

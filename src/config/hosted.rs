@@ -105,3 +105,62 @@ pub(super) fn validate(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const UP: &str = "[[upstream]]\nname = \"hub\"\nurl = \"https://r.example\"\nhosts = [\"docker.io\"]\ndefault = true\n";
+
+    fn load(rest: &str) -> Result<Config, Vec<String>> {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        std::fs::write(dir.path().join("htpasswd"), format!("ci:{hash}\n")).unwrap();
+        let toml = format!("{UP}{rest}");
+        Config::from_toml(&toml, "t.toml", Some(dir.path())).map_err(|e| {
+            e.errors
+                .iter()
+                .map(|e| format!("{}: {}", e.key, e.reason))
+                .collect()
+        })
+    }
+
+    const AUTH: &str = "[auth]\nhtpasswd = \"htpasswd\"\n";
+
+    #[test]
+    fn a_hosted_registry_needs_auth_known_writers_and_its_own_names() {
+        let c = load(&format!(
+            "{AUTH}[[hosted]]\nname = \"local\"\nhosts = [\"registry.example.com\"]\nwriters = [\"ci\"]\ndelete = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.hosted[0].name, "local");
+        assert!(c.hosted[0].may_write("ci") && !c.hosted[0].may_write("bob"));
+        let star = load(&format!(
+            "{AUTH}[[hosted]]\nname = \"local\"\nwriters = [\"*\"]\n"
+        ))
+        .unwrap();
+        assert!(star.hosted[0].may_write("anyone") && !star.hosted[0].delete);
+
+        for (rest, want) in [
+            ("[[hosted]]\nname = \"local\"\nwriters = [\"ci\"]\n", "hosted[0]: pushing needs [auth]"),
+            (&format!("{AUTH}[[hosted]]\nname = \"local\"\n") as &str, "hosted[0].writers: missing"),
+            (&format!("{AUTH}[[hosted]]\nname = \"local\"\nwriters = []\n"), "hosted[0].writers: empty"),
+            (&format!("{AUTH}[[hosted]]\nname = \"local\"\nwriters = [\"bob\"]\n"), "hosted[0].writers[0]: \"bob\" is not a user"),
+            (&format!("{AUTH}[[hosted]]\nname = \"hub\"\nwriters = [\"ci\"]\n"), "hosted[0].name: \"hub\" already routes to upstream \"hub\""),
+            (&format!("{AUTH}[[hosted]]\nname = \"local\"\nhosts = [\"docker.io\"]\nwriters = [\"ci\"]\n"), "hosted[0].hosts[0]: \"docker.io\" already routes to upstream"),
+            (&format!("{AUTH}[[hosted]]\nname = \"Lo/cal\"\nwriters = [\"ci\"]\n"), "hosted[0].name:"),
+            (
+                &format!("{AUTH}[[hosted]]\nname = \"local\"\nwriters = [\"ci\"]\n[[fallback]]\nrepository = \"local/app\"\n[fallback.platforms]\n\"linux/s390x\" = \"hub/app:s390x-{{tag}}\"\n"),
+                "fallback[0].repository: \"local/app\" is a hosted repository",
+            ),
+        ] {
+            let e = load(rest).unwrap_err();
+            assert!(e.iter().any(|e| e.starts_with(want)), "{rest}\n{e:?}");
+        }
+        // A fallback may take a platform from a hosted repository.
+        load(&format!(
+            "{AUTH}[[hosted]]\nname = \"local\"\nwriters = [\"ci\"]\n[[fallback]]\nrepository = \"docker.io/team/app\"\n[fallback.platforms]\n\"linux/s390x\" = \"local/team/app:s390x-{{tag}}\"\n"
+        ))
+        .unwrap();
+    }
+}

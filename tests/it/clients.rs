@@ -758,7 +758,7 @@ async fn podman_pulls_through_registries_conf_mirrors() {
 
 // === buildah: the tutorial's workflow ===
 
-fn buildah(env: &[(String, String)], args: &[&str]) -> String {
+pub fn buildah(env: &[(String, String)], args: &[&str]) -> String {
     let mut cmd = Command::new("buildah");
     cmd.args(args)
         .envs(env.iter().cloned())

@@ -49,7 +49,68 @@ pub async fn fixture(delete: bool) -> Fixture {
     }
 }
 
+/// Pushes as the writer, through the distribution API, to the archway at `base`.
+pub struct Pushing {
+    base: String,
+}
+
+impl Pushing {
+    pub fn new(base: &str) -> Pushing {
+        Pushing {
+            base: base.to_string(),
+        }
+    }
+
+    /// A blob, monolithically.
+    pub async fn blob(&self, repo: &str, b: &Blob) {
+        let r = http()
+            .post(format!(
+                "{}/v2/{repo}/blobs/uploads/?digest={}",
+                self.base, b.digest
+            ))
+            .basic_auth(WRITER.0, Some(WRITER.1))
+            .header("content-type", "application/octet-stream")
+            .body(b.data.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+
+    pub async fn manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> reqwest::Response {
+        http()
+            .put(format!("{}/v2/{repo}/manifests/{reference}", self.base))
+            .basic_auth(WRITER.0, Some(WRITER.1))
+            .header("content-type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `img` (blobs, then the manifest) as `repo:tag`.
+    pub async fn image(&self, repo: &str, tag: &str, img: &Image) {
+        for b in img.blobs() {
+            self.blob(repo, b).await;
+        }
+        let r = self
+            .manifest(repo, tag, img.media_type, &img.manifest)
+            .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+}
+
 impl Fixture {
+    fn push(&self) -> Pushing {
+        Pushing::new(&self.aw.url())
+    }
+
     fn url(&self, path: &str) -> String {
         if path.starts_with("http") {
             path.to_string()
@@ -64,19 +125,8 @@ impl Fixture {
             .basic_auth(WRITER.0, Some(WRITER.1))
     }
 
-    /// Pushes a blob monolithically into `repo`.
     async fn blob(&self, repo: &str, b: &Blob) {
-        let r = self
-            .req(
-                reqwest::Method::POST,
-                &format!("/v2/{repo}/blobs/uploads/?digest={}", b.digest),
-            )
-            .header("content-type", "application/octet-stream")
-            .body(b.data.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        self.push().blob(repo, b).await
     }
 
     async fn start_upload(&self, repo: &str) -> String {
@@ -114,15 +164,9 @@ impl Fixture {
         media_type: &str,
         body: &[u8],
     ) -> reqwest::Response {
-        self.req(
-            reqwest::Method::PUT,
-            &format!("/v2/{repo}/manifests/{reference}"),
-        )
-        .header("content-type", media_type)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap()
+        self.push()
+            .manifest(repo, reference, media_type, body)
+            .await
     }
 
     async fn status(&self, method: reqwest::Method, path: &str) -> u16 {
@@ -134,15 +178,8 @@ impl Fixture {
             .as_u16()
     }
 
-    /// Pushes `img` (blobs, then the manifest) to `repo:tag`.
     pub async fn image(&self, repo: &str, tag: &str, img: &Image) {
-        for b in img.blobs() {
-            self.blob(repo, b).await;
-        }
-        let r = self
-            .put_manifest(repo, tag, img.media_type, &img.manifest)
-            .await;
-        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        self.push().image(repo, tag, img).await
     }
 }
 

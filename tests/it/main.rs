@@ -16,6 +16,7 @@ mod hosted;
 mod multiarch;
 mod object_stores;
 mod pull;
+mod push;
 mod redirects;
 mod referrers;
 mod reload;
