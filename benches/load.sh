@@ -25,31 +25,12 @@ cargo build --release --quiet --bin archway --example benchtool
 ARCHWAY=target/release/archway
 TOOL=target/release/examples/benchtool
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not up: $1" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # --- upstream -----------------------------------------------------------------------------
-UP_PORT=$(free_port)
-cat > "$WORK/registry.yml" <<EOF
-version: 0.1
-log: {level: info, accesslog: {disabled: false}}
-storage: {filesystem: {rootdirectory: $WORK/registry}}
-http: {addr: 127.0.0.1:$UP_PORT}
-EOF
-docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
-PIDS+=($!)
-UP=http://127.0.0.1:$UP_PORT
-wait_http "$UP/v2/"
+start_upstream
 
 # --- archway ------------------------------------------------------------------------------
 AW_PORT=$(free_port)
@@ -158,7 +139,6 @@ AW_B64=$(point archway "$AW/v2/bench/app/blobs/$BLOB" 64 mb)
 RSS_END=$(rss)
 RSS_MAX=$(sort -n "$WORK/rss" | tail -1)
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 cat <<EOF
 | metric | archway | nginx / direct | ratio |
 |---|---|---|---|

@@ -93,6 +93,10 @@ fn hosted_target<B>(
     req: &Request<B>,
     user: Option<String>,
 ) -> Option<super::hosted::Target> {
+    // Without [[hosted]], nothing to look for: the pull path pays nothing for it.
+    if registry.config.hosted.is_empty() {
+        return None;
+    }
     let name = match endpoint::parse(req.uri().path()) {
         Endpoint::Manifest { name, .. }
         | Endpoint::Blob { name, .. }

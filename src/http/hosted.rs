@@ -421,23 +421,13 @@ async fn tags(registry: &Registry, req: &Request<Incoming>, t: &Target) -> Resul
         return Err(Error::NameUnknown(format!("no repository {}", t.repo)));
     }
     let (page, more) = paginate(all, n, last.as_deref());
-    let body = serde_json::to_vec(&serde_json::json!({"name": t.name, "tags": page}))
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let mut r = Response::new(full(body.clone()));
-    let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, JSON);
-    h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if let (true, Some(l), Some(n)) = (more, page.last(), n) {
-        let q = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("n", &n.to_string())
-            .append_pair("last", l)
-            .finish();
-        h.insert(
-            LINK,
-            header(&format!("</v2/{}/tags/list?{q}>; rel=\"next\"", t.name))?,
-        );
-    }
-    Ok(r)
+    let next = more.then(|| format!("/v2/{}/tags/list", t.name));
+    listing(
+        serde_json::json!({"name": t.name, "tags": page}),
+        next.as_deref(),
+        n,
+        page.last(),
+    )
 }
 
 async fn referrers(
@@ -474,18 +464,34 @@ pub async fn catalog<B>(registry: &Registry, req: &Request<B>) -> Result<Respons
     let (n, last) = page_params(req.uri().query())?;
     let all = registry.hosted().catalog().await?;
     let (page, more) = paginate(all, n, last.as_deref());
-    let body = serde_json::to_vec(&serde_json::json!({ "repositories": page }))
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let next = more.then_some("/v2/_catalog");
+    listing(
+        serde_json::json!({ "repositories": page }),
+        next,
+        n,
+        page.last(),
+    )
+}
+
+/// A JSON listing page; with `next` (the listing's path, when more follow) a `Link` to the
+/// page after `last`, of `n` entries.
+fn listing(
+    body: serde_json::Value,
+    next: Option<&str>,
+    n: Option<usize>,
+    last: Option<&String>,
+) -> Result<Response<Body>> {
+    let body = serde_json::to_vec(&body).map_err(|e| Error::Internal(e.to_string()))?;
     let mut r = Response::new(full(body.clone()));
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, JSON);
     h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if let (true, Some(l), Some(n)) = (more, page.last(), n) {
+    if let (Some(path), Some(l), Some(n)) = (next, last, n) {
         let q = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("n", &n.to_string())
             .append_pair("last", l)
             .finish();
-        h.insert(LINK, header(&format!("</v2/_catalog?{q}>; rel=\"next\""))?);
+        h.insert(LINK, header(&format!("<{path}?{q}>; rel=\"next\""))?);
     }
     Ok(r)
 }

@@ -768,22 +768,22 @@ pub fn buildah(env: &[(String, String)], args: &[&str]) -> String {
     out.trim().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn buildah_multiarch_workflow_then_every_platform_through_archway() {
-    let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = podman_env(dir.path(), &dir.path().join("registries.conf"));
-    std::fs::write(dir.path().join("registries.conf"), "").unwrap();
-    let payload = dir.path().join("hello.txt");
-    let repo = format!("{}/tutorial/hello", up.host());
-    // Per-architecture images from scratch, as the tutorial builds them; the digest of each
-    // as pushed.
+/// The tutorial's per-architecture images, built from scratch with buildah (amd64, arm64/v8,
+/// s390x) and each pushed to `dest(arch)` with `push_args` more; the digest of each as
+/// pushed.
+pub fn build_per_arch(
+    env: &[(String, String)],
+    dir: &Path,
+    push_args: &[&str],
+    dest: impl Fn(&str) -> String,
+) -> std::collections::HashMap<&'static str, String> {
+    let payload = dir.join("hello.txt");
     let mut pushed = std::collections::HashMap::new();
     for (arch, variant) in [("amd64", ""), ("arm64", "v8"), ("s390x", "")] {
         std::fs::write(&payload, format!("hello from {arch}\n")).unwrap();
-        let ctr = buildah(&env, &["from", "scratch"]);
+        let ctr = buildah(env, &["from", "scratch"]);
         buildah(
-            &env,
+            env,
             &["copy", &ctr, payload.to_str().unwrap(), "/hello.txt"],
         );
         let mut cfg = vec!["config", "--arch", arch, "--os", "linux"];
@@ -791,26 +791,38 @@ async fn buildah_multiarch_workflow_then_every_platform_through_archway() {
             cfg.extend(["--variant", variant]);
         }
         cfg.push(&ctr);
-        buildah(&env, &cfg);
+        buildah(env, &cfg);
         buildah(
-            &env,
+            env,
             &["commit", "--rm", &ctr, &format!("localhost/hello:{arch}")],
         );
-        let digest_file = dir.path().join(format!("{arch}.digest"));
-        buildah(
-            &env,
-            &[
-                "push",
-                "--tls-verify=false",
-                "--digestfile",
-                digest_file.to_str().unwrap(),
-                &format!("localhost/hello:{arch}"),
-                &format!("docker://{repo}:{arch}-latest"),
-            ],
-        );
+        let digest_file = dir.join(format!("{arch}.digest"));
+        let (image, target) = (format!("localhost/hello:{arch}"), dest(arch));
+        let mut push = vec!["push", "--tls-verify=false"];
+        push.extend_from_slice(push_args);
+        push.extend([
+            "--digestfile",
+            digest_file.to_str().unwrap(),
+            &image,
+            &target,
+        ]);
+        buildah(env, &push);
         let digest = std::fs::read_to_string(&digest_file).unwrap();
         pushed.insert(arch, digest.trim().to_string());
     }
+    pushed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildah_multiarch_workflow_then_every_platform_through_archway() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = podman_env(dir.path(), &dir.path().join("registries.conf"));
+    std::fs::write(dir.path().join("registries.conf"), "").unwrap();
+    let repo = format!("{}/tutorial/hello", up.host());
+    let pushed = build_per_arch(&env, dir.path(), &[], |arch| {
+        format!("docker://{repo}:{arch}-latest")
+    });
     // The index holds amd64 and arm64 only; s390x stays a per-arch tag.
     buildah(&env, &["manifest", "create", "hello-list"]);
     for arch in ["amd64", "arm64"] {

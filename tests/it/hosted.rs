@@ -169,6 +169,12 @@ impl Fixture {
             .await
     }
 
+    /// The status of a HEAD of blob `d` in `repo`.
+    async fn head_blob(&self, repo: &str, d: &str) -> u16 {
+        self.status(reqwest::Method::HEAD, &format!("/v2/{repo}/blobs/{d}"))
+            .await
+    }
+
     async fn status(&self, method: reqwest::Method, path: &str) -> u16 {
         self.req(method, path)
             .send()
@@ -237,23 +243,9 @@ async fn monolithic_and_two_step_uploads() {
         r.headers()["location"],
         format!("/v2/local/team/app/blobs/{}", c.digest).as_str()
     );
-    assert_eq!(
-        f.status(
-            reqwest::Method::HEAD,
-            &format!("/v2/local/team/app/blobs/{}", c.digest)
-        )
-        .await,
-        200
-    );
+    assert_eq!(f.head_blob("local/team/app", &c.digest).await, 200);
     // Another repository does not have it.
-    assert_eq!(
-        f.status(
-            reqwest::Method::HEAD,
-            &format!("/v2/local/other/blobs/{}", c.digest)
-        )
-        .await,
-        404
-    );
+    assert_eq!(f.head_blob("local/other", &c.digest).await, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,21 +319,10 @@ async fn a_wrong_digest_leaves_nothing_and_a_cancelled_upload_is_gone() {
         .await
         .unwrap();
     assert_eq!(oci_error(r).await, (400, "DIGEST_INVALID".into()));
-    assert_eq!(
-        f.status(
-            reqwest::Method::HEAD,
-            &format!("/v2/local/team/app/blobs/{wrong}")
-        )
-        .await,
-        404
-    );
+    assert_eq!(f.head_blob("local/team/app", &wrong).await, 404);
     let right = sha256(&data);
     assert_eq!(
-        f.status(
-            reqwest::Method::HEAD,
-            &format!("/v2/local/team/app/blobs/{right}")
-        )
-        .await,
+        f.head_blob("local/team/app", &right).await,
         404,
         "nothing of it was published"
     );
@@ -412,14 +393,7 @@ async fn mounts_come_only_from_repositories_that_have_the_blob() {
         r.headers()["location"],
         format!("/v2/local/derived/blobs/{}", b.digest).as_str()
     );
-    assert_eq!(
-        f.status(
-            reqwest::Method::HEAD,
-            &format!("/v2/local/derived/blobs/{}", b.digest)
-        )
-        .await,
-        200
-    );
+    assert_eq!(f.head_blob("local/derived", &b.digest).await, 200);
     // From a repository without it, or one that does not exist: an ordinary upload.
     for from in ["local/empty", "upstream.test/nothing/here", "no..valid"] {
         let r = f
@@ -436,14 +410,7 @@ async fn mounts_come_only_from_repositories_that_have_the_blob() {
             .unwrap()
             .contains("/blobs/uploads/"));
     }
-    assert_eq!(
-        f.status(
-            reqwest::Method::HEAD,
-            &format!("/v2/local/third/blobs/{}", b.digest)
-        )
-        .await,
-        404
-    );
+    assert_eq!(f.head_blob("local/third", &b.digest).await, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

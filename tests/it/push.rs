@@ -226,43 +226,11 @@ async fn buildah_builds_every_platform_into_archway_then_podman_and_containerd_p
     let registries = dir.path().join("registries.conf");
     std::fs::write(&registries, "").unwrap();
     let env = podman_env(dir.path(), &registries);
-    let payload = dir.path().join("hello.txt");
     let repo = format!("{}/local/tutorial/hello", aw.host());
-    let mut pushed = std::collections::HashMap::new();
-    for (arch, variant) in [("amd64", ""), ("arm64", "v8"), ("s390x", "")] {
-        std::fs::write(&payload, format!("hello from {arch}\n")).unwrap();
-        let ctr = buildah(&env, &["from", "scratch"]);
-        buildah(
-            &env,
-            &["copy", &ctr, payload.to_str().unwrap(), "/hello.txt"],
-        );
-        let mut cfg = vec!["config", "--arch", arch, "--os", "linux"];
-        if !variant.is_empty() {
-            cfg.extend(["--variant", variant]);
-        }
-        cfg.push(&ctr);
-        buildah(&env, &cfg);
-        buildah(
-            &env,
-            &["commit", "--rm", &ctr, &format!("localhost/hello:{arch}")],
-        );
-        let digest_file = dir.path().join(format!("{arch}.digest"));
-        buildah(
-            &env,
-            &[
-                "push",
-                "--tls-verify=false",
-                "--creds",
-                &creds(),
-                "--digestfile",
-                digest_file.to_str().unwrap(),
-                &format!("localhost/hello:{arch}"),
-                &format!("docker://{repo}:{arch}"),
-            ],
-        );
-        let digest = std::fs::read_to_string(&digest_file).unwrap();
-        pushed.insert(arch, digest.trim().to_string());
-    }
+    let login = creds();
+    let pushed = crate::clients::build_per_arch(&env, dir.path(), &["--creds", &login], |arch| {
+        format!("docker://{repo}:{arch}")
+    });
     buildah(&env, &["manifest", "create", "hello-list"]);
     for arch in ["amd64", "arm64", "s390x"] {
         buildah(
