@@ -110,6 +110,7 @@ fn hosted_target<B>(
     Some(super::hosted::Target {
         repo,
         name: name.to_string(),
+        ns: query_param(req.uri().query(), "ns").map(|n| n.into_owned()),
         user,
     })
 }

@@ -31,6 +31,9 @@ pub struct Target {
     pub repo: Repo,
     /// The repository's name as the client wrote it (for `Location` and `Link`).
     pub name: String,
+    /// The `?ns=` it came with: kept in the `Location` of an upload, whose next request must
+    /// route the same way.
+    pub ns: Option<String>,
     /// The authenticated user, if any.
     pub user: Option<String>,
 }
@@ -330,7 +333,16 @@ fn created_blob(t: &Target, d: &Digest) -> Result<Response<Body>> {
 }
 
 fn upload_location(t: &Target, id: &str) -> String {
-    format!("/v2/{}/blobs/uploads/{id}", t.name)
+    let base = format!("/v2/{}/blobs/uploads/{id}", t.name);
+    match &t.ns {
+        Some(ns) => {
+            let q = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("ns", ns)
+                .finish();
+            format!("{base}?{q}")
+        }
+        None => base,
+    }
 }
 
 fn upload_answer(status: StatusCode, t: &Target, id: &str, size: u64) -> Result<Response<Body>> {

@@ -447,9 +447,25 @@ async fn manifests_are_validated_before_anything_is_written() {
         .put_manifest("local/app", "v1", OCI_MANIFEST, b"{not json")
         .await;
     assert_eq!(oci_error(r).await, (400, "MANIFEST_INVALID".into()));
-    let big = vec![b' '; 4 * 1024 * 1024 + 1];
-    let r = f.put_manifest("local/app", "v1", OCI_MANIFEST, &big).await;
-    assert_eq!(oci_error(r).await.0, 413);
+    // Over 4 MiB: refused on the announced length, before the body is read (so the request
+    // is written by hand: a client still sending would see the connection close).
+    let status = {
+        use base64::Engine as _;
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", f.aw.port)).unwrap();
+        let auth =
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", WRITER.0, WRITER.1));
+        write!(
+            s,
+            "PUT /v2/local/app/manifests/v1 HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nContent-Type: {OCI_MANIFEST}\r\nContent-Length: {}\r\n\r\n",
+            4 * 1024 * 1024 + 1
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        String::from_utf8_lossy(&head[9..12]).to_string()
+    };
+    assert_eq!(status, "413");
     assert_eq!(
         f.status(reqwest::Method::GET, "/v2/local/app/manifests/v1")
             .await,
@@ -835,4 +851,32 @@ async fn only_writers_push_and_upstreams_stay_read_only() {
         .await
         .unwrap();
     assert_eq!(oci_error(r).await, (405, "UNSUPPORTED".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_started_with_ns_continues_with_it() {
+    let f = fixture(false).await;
+    let data = random_bytes(unique_seed(), 5000);
+    let r = f
+        .req(
+            reqwest::Method::POST,
+            "/v2/app/blobs/uploads/?ns=registry.example.com",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(loc.ends_with("?ns=registry.example.com"), "{loc}");
+    assert_eq!(f.patch(&loc, None, &data).await.status(), 202);
+    let r = f
+        .req(
+            reqwest::Method::PUT,
+            &format!("{loc}&digest={}", sha256(&data)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(f.head_blob("local/app", &sha256(&data)).await, 200);
 }
