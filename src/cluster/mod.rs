@@ -120,6 +120,12 @@ impl Cluster {
             let seen = match self.store.create_record(&key, &mine).await? {
                 Created::Created(v) => {
                     let guard = LeaseGuard::hold(self.store.clone(), d, v, self.ttl);
+                    if self.store.blob_size(d).await?.is_some() {
+                        // The previous owner committed and released between this replica's
+                        // cache miss and its claim: the bytes are in the store.
+                        drop(guard);
+                        return follow::start(self.clone(), d, origin).await;
+                    }
                     return self.own(d, &origin, Some(guard), "owned").await;
                 }
                 Created::Unsupported => {
@@ -138,6 +144,10 @@ impl Cluster {
                 Some(v) if !v.value.live() => {
                     if let Some(v) = self.store.replace_record(&key, &mine, &v).await? {
                         let guard = LeaseGuard::hold(self.store.clone(), d, v, self.ttl);
+                        if self.store.blob_size(d).await?.is_some() {
+                            drop(guard);
+                            return follow::start(self.clone(), d, origin).await;
+                        }
                         return self.own(d, &origin, Some(guard), "taken_over").await;
                     }
                 }
