@@ -54,6 +54,9 @@ pub enum Error {
     /// a push by a user who is not a writer).
     #[error("{0}")]
     Denied(&'static str),
+    /// A repository an upstream's `allow`/`deny` rules refuse; the message names the rule.
+    #[error("{0}")]
+    RepositoryDenied(String),
     /// No such blob upload (never started, finished, cancelled, expired, or another
     /// repository's).
     #[error("{0}")]
@@ -147,7 +150,7 @@ impl Error {
             Error::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Error::TooManyRequests(_) => "TOOMANYREQUESTS",
             Error::Unauthorized(_) => "UNAUTHORIZED",
-            Error::Denied(_) => "DENIED",
+            Error::Denied(_) | Error::RepositoryDenied(_) => "DENIED",
             Error::UploadUnknown(_) => "BLOB_UPLOAD_UNKNOWN",
             Error::UploadRange { .. } | Error::UploadInvalid(_) => "BLOB_UPLOAD_INVALID",
             Error::DigestWrong { .. } => "DIGEST_INVALID",
@@ -185,7 +188,7 @@ impl Error {
             Error::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Denied(_) => StatusCode::FORBIDDEN,
+            Error::Denied(_) | Error::RepositoryDenied(_) => StatusCode::FORBIDDEN,
             Error::UploadUnknown(_) => StatusCode::NOT_FOUND,
             Error::UploadRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Error::UploadInvalid(_)

@@ -31,9 +31,10 @@
 //! | 5 | `routing` `storage` | which upstream serves a name; the object-store cache |
 //! | 6 | `gc` `cluster` `hosted` | the bounded cache: access times, eviction; fill leases and peers across replicas; pushed repositories |
 //! | 7 | `registry` | the services: manifests, blobs, links, tags, synthesis |
-//! | 8 | `http` | the HTTP front: server, handlers, admin listener |
-//! | 9 | `live` | the running configuration, swapped on SIGHUP |
-//! | 10 | `server` | start-up, serving, shutdown |
+//! | 8 | `console` | the operator console: coverage page and JSON, warming jobs, `archway warm`'s progress |
+//! | 9 | `http` | the HTTP front: server, handlers, admin listener |
+//! | 10 | `live` | the running configuration, swapped on SIGHUP |
+//! | 11 | `server` | start-up, serving, shutdown |
 // One audited exception: the memory map of cache files in `storage` (see its SAFETY note).
 #![deny(unsafe_code)]
 
@@ -41,6 +42,7 @@ pub mod causes;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod gc;
 pub mod hosted;

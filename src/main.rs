@@ -1,4 +1,4 @@
-//! The `archway` command: `serve`, `check-config`, `inspect`, `gc`, `signing-key`.
+//! The `archway` command: `serve`, `check-config`, `inspect`, `warm`, `gc`, `signing-key`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -81,6 +81,20 @@ enum Command {
         json: bool,
         /// REGISTRY/REPOSITORY:TAG, e.g. docker.io/thinklab/go-hello-world:latest
         reference: String,
+    },
+    /// Fetch images into the cache before nodes pull them: the manifest, then for each
+    /// platform its manifest, config and layers, through the fills pulls use.
+    Warm {
+        /// Config file. Default: as for `serve`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A platform to warm, e.g. linux/arm64 (repeatable). Default: every platform of
+        /// the index.
+        #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+        platforms: Vec<String>,
+        /// REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@DIGEST.
+        #[arg(required = true)]
+        references: Vec<String>,
     },
 }
 
@@ -372,6 +386,50 @@ fn gc(config: Option<&Path>, dry_run: bool, max_size: Option<&str>) -> Result<()
     Ok(())
 }
 
+fn warm(config: Option<&Path>, platforms: &[String], references: &[String]) -> Result<(), Failure> {
+    use std::io::IsTerminal as _;
+    let platforms = platforms
+        .iter()
+        .map(|p| {
+            p.parse::<archway::oci::Platform>()
+                .map_err(|e| format!("--platform {p:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = load(config_path(config).as_deref())?;
+    if config.cluster.is_some() {
+        tracing::info!("this command takes no fill leases: in a cluster, POST /warm to a replica instead to share its fills");
+    }
+    let (total, failed_refs) = runtime()?.block_on(async {
+        let registry = archway::build(config)?;
+        let progress =
+            archway::console::terminal::TerminalProgress::new(std::io::stderr().is_terminal());
+        let mut total = archway::registry::warming::WarmSummary::default();
+        let mut failed_refs = 0;
+        for r in references {
+            match registry.warm(r, &platforms, &progress).await {
+                Ok(s) => total.add(s),
+                Err(e) => {
+                    failed_refs += 1;
+                    eprintln!("error: {r}: {}", Chain(&e));
+                }
+            }
+        }
+        progress.finish();
+        Ok::<_, Failure>((total, failed_refs))
+    })?;
+    say!(
+        "{} blobs fetched ({}), {} already cached, {} failed",
+        total.fetched,
+        human_bytes(total.bytes),
+        total.cached,
+        total.failed
+    );
+    match (failed_refs, total.failed) {
+        (0, 0) => Ok(()),
+        (r, b) => Err(format!("{r} references and {b} blobs could not be warmed").into()),
+    }
+}
+
 const DEFAULT_CONFIG_PATH: &str = "config/archway.toml";
 
 /// The config file to use (`None`: the embedded default).
@@ -443,6 +501,11 @@ fn main() -> ExitCode {
             json,
             reference,
         } => inspect(config.as_deref(), reference, *json),
+        Command::Warm {
+            config,
+            platforms,
+            references,
+        } => warm(config.as_deref(), platforms, references),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

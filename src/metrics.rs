@@ -2,7 +2,8 @@
 //! instance (so tests can run several instances in one process without clashing).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    TextEncoder,
 };
 
 /// Request latencies span a cached manifest (well under a millisecond) to a cold blob's
@@ -64,6 +65,10 @@ pub struct Metrics {
     pub peer_bytes: IntCounter,
     /// `archway_blob_redirects_total`: cached blobs answered by a redirect to the object store.
     pub blob_redirects: IntCounter,
+    /// `archway_upstream_ratelimit_remaining{upstream}`: pulls left, as the upstream announced.
+    pub upstream_ratelimit_remaining: IntGaugeVec,
+    /// `archway_prewarm_bytes_total`: blob bytes fetched by prewarming.
+    pub prewarm_bytes: IntCounter,
 }
 
 /// Registers each metric as it is made. The names and labels are constants of this file,
@@ -93,6 +98,10 @@ impl Builder {
 
     fn gauge(&self, name: &str, help: &str) -> IntGauge {
         self.register(name, IntGauge::new(name, help))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(name, IntGaugeVec::new(Opts::new(name, help), labels))
     }
 
     fn histograms(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -184,6 +193,15 @@ impl Metrics {
             blob_redirects: b.counter(
                 "blob_redirects_total",
                 "Cached blobs answered by a redirect to a presigned object-store URL.",
+            ),
+            upstream_ratelimit_remaining: b.gauges(
+                "upstream_ratelimit_remaining",
+                "Pulls left in the upstream's rate-limit window, as it last announced.",
+                &["upstream"],
+            ),
+            prewarm_bytes: b.counter(
+                "prewarm_bytes_total",
+                "Blob bytes fetched for cluster platforms no client asked for yet.",
             ),
             collectors,
         }

@@ -1,5 +1,4 @@
-//! `[multiarch]` and `[[fallback]]`: the platform served to clients that cannot read an index,
-//! and the per-architecture images that fill platforms an upstream index lacks.
+//! `[[fallback]]`: the per-architecture images that fill platforms an upstream index lacks.
 
 use serde::Deserialize;
 
@@ -12,23 +11,11 @@ pub const TEMPLATE_PLACEHOLDERS: [&str; 3] = ["{repo}", "{name}", "{tag}"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawMultiarch {
-    default_platform: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawFallback {
     repository: Option<String>,
     /// Platform → reference template, in the order written (toml's `preserve_order`).
     #[serde(default)]
     platforms: toml::Table,
-}
-
-#[derive(Debug, Clone)]
-pub struct MultiarchConfig {
-    /// The platform served to clients that cannot read an index and do not say theirs.
-    pub default_platform: Platform,
 }
 
 /// Per-architecture images that fill platforms an upstream index lacks.
@@ -53,18 +40,6 @@ pub fn expand_template(template: &str, repo: &str, tag: &str) -> String {
         .replace("{repo}", repo)
         .replace("{name}", name)
         .replace("{tag}", tag)
-}
-
-pub(super) fn validate_multiarch(raw: RawMultiarch, errs: &mut Errors) -> MultiarchConfig {
-    let amd64 = || Platform::new("linux", "amd64", "");
-    let default_platform = match raw.default_platform.as_deref() {
-        None => amd64(),
-        Some(s) => s.parse().unwrap_or_else(|e| {
-            errs.push("multiarch.default_platform", format!("{e}"));
-            amd64()
-        }),
-    };
-    MultiarchConfig { default_platform }
 }
 
 /// `registries`: what a reference may start with, an upstream's or hosted registry's name

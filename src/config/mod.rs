@@ -4,7 +4,7 @@
 //! then each section's `validate` checks every value of its table. All problems are collected,
 //! each naming its key, so an admin fixes a config in one round instead of one error per
 //! restart. One file per section: `server`, `storage`, `cache`, `upstream`, `admin`, `auth`,
-//! `fallback` (with `[multiarch]`), `signing`, `cluster` and `hosted`.
+//! `multiarch`, `fallback`, `signing`, `cluster` and `hosted`.
 
 mod admin;
 mod auth;
@@ -12,6 +12,8 @@ mod cache;
 mod cluster;
 mod fallback;
 mod hosted;
+mod multiarch;
+mod rules;
 mod server;
 mod signing;
 mod storage;
@@ -27,8 +29,10 @@ pub use admin::AdminConfig;
 pub use auth::{parse_htpasswd, AuthConfig};
 pub use cache::CacheConfig;
 pub use cluster::{Advertise, ClusterConfig};
-pub use fallback::{expand_template, FallbackConfig, MultiarchConfig, TEMPLATE_PLACEHOLDERS};
+pub use fallback::{expand_template, FallbackConfig, TEMPLATE_PLACEHOLDERS};
 pub use hosted::HostedConfig;
+pub use multiarch::MultiarchConfig;
+pub use rules::{RepoPattern, RepoRules};
 pub use server::{ServerConfig, TlsFiles};
 pub use signing::SigningConfig;
 pub use storage::{AzureConfig, GcConfig, RedirectConfig, S3Config, StorageConfig, StorageUrl};
@@ -95,7 +99,7 @@ struct RawConfig {
     #[serde(default)]
     auth: Option<auth::RawAuth>,
     #[serde(default)]
-    multiarch: fallback::RawMultiarch,
+    multiarch: multiarch::RawMultiarch,
     #[serde(default)]
     fallback: Vec<fallback::RawFallback>,
     #[serde(default)]
@@ -176,7 +180,7 @@ impl Config {
         let upstreams = upstream::validate(raw.upstream, base, &mut errs, &mut routing);
         let admin = admin::validate(raw.admin, &mut errs);
         let auth = auth::validate(raw.auth, base, &mut errs);
-        let multiarch = fallback::validate_multiarch(raw.multiarch, &mut errs);
+        let multiarch = multiarch::validate(raw.multiarch, &mut errs);
         let hosted = hosted::validate(raw.hosted, auth.as_ref(), &mut errs, &mut routing);
         let registries: Vec<&str> = upstreams
             .iter()

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use super::rules::{RepoPattern, RepoRules};
 use super::values::{self, Errors};
 use crate::oci::RepoName;
 
@@ -31,6 +32,12 @@ pub(super) struct RawUpstream {
     insecure_skip_verify: bool,
     connect_timeout: Option<String>,
     read_timeout: Option<String>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    min_remaining: u64,
 }
 
 #[derive(Clone)]
@@ -55,6 +62,11 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// A transfer that sends nothing for this long fails.
     pub read_timeout: Duration,
+    /// `allow` and `deny`: which repositories may be served from this upstream.
+    pub rules: RepoRules,
+    /// Below this many pulls left in the upstream's rate-limit window, expired tags are served
+    /// from the cache and prewarming pauses; 0: off.
+    pub min_remaining: u64,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -124,6 +136,18 @@ pub(super) fn validate(
             u.read_timeout.as_deref(),
             DEFAULT_READ_TIMEOUT,
         );
+        let mut rules = RepoRules::default();
+        for (list, raw_list, key) in [
+            (&mut rules.allow, &u.allow, "allow"),
+            (&mut rules.deny, &u.deny, "deny"),
+        ] {
+            for (j, p) in raw_list.iter().enumerate() {
+                match RepoPattern::parse(p) {
+                    Ok(p) => list.push(p),
+                    Err(e) => errs.push(k(&format!("{key}[{j}]")), e),
+                }
+            }
+        }
         if let Some(url) = url {
             upstreams.push(UpstreamConfig {
                 name,
@@ -136,6 +160,8 @@ pub(super) fn validate(
                 insecure_skip_verify: u.insecure_skip_verify,
                 connect_timeout,
                 read_timeout,
+                rules,
+                min_remaining: u.min_remaining,
             });
         }
     }

@@ -1,18 +1,24 @@
-//! The admin listener, apart from the registry port: `/healthz`, `/readyz`, `/metrics` and
-//! `/inspect?ref=REGISTRY/REPOSITORY:TAG` (how a tag resolves, platform by platform, as JSON).
+//! The admin listener, apart from the registry port: `/healthz`, `/readyz`, `/metrics`,
+//! `/inspect?ref=REGISTRY/REPOSITORY:TAG` (how a tag resolves, platform by platform, as JSON),
+//! and the console: `/` (the coverage page), `/coverage.json`, `POST /warm` and
+//! `GET /warm/<id>`. The console asks for `[auth]` credentials when they are configured; the
+//! probes and metrics never do (orchestrators and scrapers do not log in).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use super::{errors, full, Body, Current};
+use super::{errors, full, Body, Current, Front};
+use crate::console::jobs::{Jobs, WarmRequest};
+use crate::console::Query;
+use crate::error::Error;
 use crate::registry::Registry;
 
 /// How long `/readyz` waits for the object store.
@@ -20,21 +26,121 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves the admin endpoints on `listener`, for as long as the process runs.
 pub async fn serve(listener: TcpListener, current: Current) {
+    let jobs = Arc::new(Jobs::default());
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
-        let current = current.clone();
+        let (current, jobs) = (current.clone(), jobs.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let registry: Arc<Registry> = current.load().registry.clone();
-                async move { Ok::<_, Infallible>(handle(&registry, &req).await) }
+                let front = current.load_full();
+                let jobs = jobs.clone();
+                async move {
+                    let resp = match console(&front, &jobs, req, peer.ip()).await {
+                        Ok(r) => r,
+                        Err(req) => handle(&front.registry, &req).await,
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
     }
+}
+
+/// The console's endpoints; any other request is handed back.
+async fn console(
+    front: &Front,
+    jobs: &Jobs,
+    req: Request<Incoming>,
+    peer: std::net::IpAddr,
+) -> Result<Response<Body>, Request<Incoming>> {
+    let path = req.uri().path().to_string();
+    let is_console =
+        path == "/" || path == "/coverage.json" || path == "/warm" || path.starts_with("/warm/");
+    if !is_console {
+        return Err(req);
+    }
+    if let Some(auth) = &front.auth {
+        let header = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Err(e) = auth.check(peer, header) {
+            return Ok(errors::response(&e, false));
+        }
+    }
+    let registry = front.registry.clone();
+    Ok(match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/") => {
+            let c = crate::console::coverage(&registry, &Query::parse(req.uri().query())).await;
+            text(
+                StatusCode::OK,
+                crate::console::render(&c),
+                "text/html; charset=utf-8",
+            )
+        }
+        (Method::GET, "/coverage.json") => {
+            let c = crate::console::coverage(&registry, &Query::parse(req.uri().query())).await;
+            json(StatusCode::OK, &c)
+        }
+        (Method::POST, "/warm") => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(e) => return Ok(errors::response(&e, false)),
+            };
+            match serde_json::from_slice::<WarmRequest>(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|w| jobs.start(registry, w))
+            {
+                Ok(id) => json(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({"id": id, "status": format!("/warm/{id}")}),
+                ),
+                Err(why) => {
+                    let e = Error::Unsupported(format!("bad warm request: {why}"));
+                    let mut r = errors::response(&e, false);
+                    *r.status_mut() = StatusCode::BAD_REQUEST;
+                    r
+                }
+            }
+        }
+        (Method::GET, p) if p.starts_with("/warm/") => match jobs.report(&p["/warm/".len()..]) {
+            Some(r) => json(StatusCode::OK, &r),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "no such warm job\n".into(),
+                "text/plain",
+            ),
+        },
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+            "text/plain",
+        ),
+    })
+}
+
+/// A small request body (a warm request), at most 64 KiB.
+async fn read_body(req: Request<Incoming>) -> Result<bytes::Bytes, Error> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(req.into_body(), 64 * 1024);
+    limited
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| Error::SizeInvalid(format!("the request body: {e}")))
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Body> {
+    text(
+        status,
+        serde_json::to_string_pretty(v).unwrap_or_default(),
+        "application/json",
+    )
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {

@@ -33,6 +33,15 @@ pub struct BlobBody {
     pub provenance: Provenance,
 }
 
+/// What warming a blob found.
+pub(crate) enum Ensured {
+    /// In the store already, of this size.
+    Cached(u64),
+    /// Being fetched: wait on it. `true` when this call started the fetch (else it joined
+    /// one a client or another warm started).
+    Filling(Arc<Fill>, bool),
+}
+
 /// How a blob GET is answered.
 pub enum BlobAnswer {
     /// The bytes, from the store or a fill.
@@ -167,18 +176,8 @@ impl Blobs {
             return Ok(body);
         }
         self.metrics.cache_misses.with_label_values(&["blob"]).inc();
-        // A blob reached through a synthesized index comes from the fallback's repository.
-        let from = link.clone().unwrap_or_else(|| Arc::new(route.clone()));
-        let origin = format!("{}/{}", self.upstreams.name(route), route.repo);
-        if let Some(f) = self.fills.get(d) {
-            if f.origin != origin && link.is_none() {
-                self.check_upstream_has(route, d).await?;
-            }
-        }
-        let source = self.source(route, d, &from);
-        let (fill, started) = self.fills.join_or_start(d, &origin, move || source);
+        let (fill, started) = self.fill(route, d, link).await?;
         let provenance = if started {
-            self.after_fill(route, fill.clone(), from);
             Provenance::Upstream
         } else {
             self.metrics.fill_waiters.inc();
@@ -199,6 +198,49 @@ impl Blobs {
             stream,
             provenance,
         }))
+    }
+
+    /// The fill of `d` for the routed repository: joined if one runs, else started. Whether
+    /// this call started it.
+    async fn fill(
+        &self,
+        route: &Route,
+        d: &Digest,
+        link: Option<Arc<Route>>,
+    ) -> Result<(Arc<Fill>, bool)> {
+        // A blob reached through a synthesized index comes from the fallback's repository.
+        let from = link.clone().unwrap_or_else(|| Arc::new(route.clone()));
+        let origin = format!("{}/{}", self.upstreams.name(route), route.repo);
+        if let Some(f) = self.fills.get(d) {
+            if f.origin != origin && link.is_none() {
+                self.check_upstream_has(route, d).await?;
+            }
+        }
+        let source = self.source(route, d, &from);
+        let (fill, started) = self.fills.join_or_start(d, &origin, move || source);
+        if started {
+            self.after_fill(route, fill.clone(), from);
+        }
+        Ok((fill, started))
+    }
+
+    /// Makes sure `d` ends up cached, without reading it (warming): cached already, or the
+    /// fill every client would share.
+    pub(crate) async fn ensure(&self, route: &Route, d: &Digest) -> Result<Ensured> {
+        let link = self.links.blob(route, d).await?;
+        if let Some(size) = self.cached_size(d).await? {
+            if link.is_none() {
+                self.check_upstream_has(route, d).await?;
+            }
+            return Ok(Ensured::Cached(size));
+        }
+        let (fill, started) = self.fill(route, d, link).await?;
+        Ok(Ensured::Filling(fill, started))
+    }
+
+    /// Whether `d` is in the store (no upstream is asked).
+    pub(crate) async fn is_cached(&self, d: &Digest) -> Result<bool> {
+        Ok(self.cached_size(d).await?.is_some())
     }
 
     /// The cached blob, if it is in the store and the repository may read it.

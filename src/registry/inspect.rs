@@ -9,15 +9,28 @@ use crate::oci::{Digest, Platform, Reference, RepoName, Tag};
 use crate::routing::Route;
 
 impl Registry {
-    /// How `REGISTRY/REPOSITORY:TAG` resolves. The registry part must name a configured
-    /// upstream (a host or its name).
-    pub async fn inspect(&self, reference: &str) -> Result<Resolution> {
-        let (host, path, tag) = split_reference(reference).ok_or_else(|| {
-            Error::ReferenceInvalid(format!(
-                "{reference:?} is not of the form registry/repository:tag"
-            ))
-        })?;
-        let tag: Tag = tag.parse().map_err(Error::TagInvalid)?;
+    /// Routes `REGISTRY/REPOSITORY:TAG` or `REGISTRY/REPOSITORY@DIGEST` as a client of that
+    /// registry would name it: the registry part must be a configured upstream's (or hosted
+    /// registry's) host or name.
+    pub fn route_reference(&self, reference: &str) -> Result<(Route, Reference)> {
+        let (host, path, reference_part) = match reference.split_once('@') {
+            Some((name, digest)) => {
+                let (host, path) = name.split_once('/').ok_or_else(|| bad(reference))?;
+                (
+                    host,
+                    path,
+                    Reference::Digest(digest.parse().map_err(Error::DigestInvalid)?),
+                )
+            }
+            None => {
+                let (host, path, tag) = split_reference(reference).ok_or_else(|| bad(reference))?;
+                (
+                    host,
+                    path,
+                    Reference::Tag(tag.parse::<Tag>().map_err(Error::TagInvalid)?),
+                )
+            }
+        };
         let name: RepoName = format!("{host}/{path}")
             .parse()
             .map_err(Error::NameInvalid)?;
@@ -32,6 +45,20 @@ impl Registry {
                     )));
                 }
                 r
+            }
+        };
+        Ok((route, reference_part))
+    }
+
+    /// How `REGISTRY/REPOSITORY:TAG` resolves. The registry part must name a configured
+    /// upstream (a host or its name).
+    pub async fn inspect(&self, reference: &str) -> Result<Resolution> {
+        let (route, tag) = match self.route_reference(reference)? {
+            (route, Reference::Tag(t)) => (route, t),
+            (_, Reference::Digest(_)) => {
+                return Err(Error::ReferenceInvalid(format!(
+                    "{reference:?}: inspect takes a tag (registry/repository:tag)"
+                )))
             }
         };
         let mut report = self
@@ -88,4 +115,10 @@ impl Registry {
         });
         signed.then(|| "referrers".to_string())
     }
+}
+
+fn bad(reference: &str) -> Error {
+    Error::ReferenceInvalid(format!(
+        "{reference:?} is not of the form registry/repository:tag or registry/repository@digest"
+    ))
 }

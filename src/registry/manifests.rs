@@ -160,8 +160,17 @@ impl Manifests {
                 return Ok(Some(self.hit("tag", m)));
             }
         }
-        // A HEAD: it does not count against Docker Hub's pull limit.
         let up = self.upstreams.remote(route);
+        // Out of rate budget: what is cached is served past its TTL, as during an outage,
+        // rather than spending pulls.
+        if up.budget_low() {
+            if let Some(m) = self.load(&rec.digest, &rec.media_type).await? {
+                self.metrics.stale_serves.inc();
+                self.tags.trust_for_a_ttl(route, tag, st, now).await;
+                return Ok(Some(Served::new(m, Provenance::Stale)));
+            }
+        }
+        // A HEAD: it does not count against Docker Hub's pull limit.
         match up.head_manifest(&route.repo, tag.as_str()).await {
             Ok(Some(head)) if head.digest.as_ref() == Some(&rec.digest) => {
                 let Some(m) = self.load(&rec.digest, &rec.media_type).await? else {

@@ -26,6 +26,7 @@ mod tags;
 #[cfg(test)]
 mod testing;
 mod upstreams;
+pub mod warming;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +117,15 @@ pub struct Registry {
     synthesis: Synthesis,
     cluster: Option<Arc<Cluster>>,
     hosted: Arc<Hosted>,
+    warmer: Warmer,
+    prewarm: Option<Arc<Prewarm>>,
+    /// The tags served recently, for the console's coverage page: when each was last
+    /// resolved here.
+    recent: moka::sync::Cache<TagKey, u64>,
 }
+
+/// Tags the console remembers at most.
+const RECENT_TAGS: u64 = 50_000;
 
 use blobs::Blobs;
 use links::Links;
@@ -126,6 +135,7 @@ use signatures::{SignatureSettings, Signatures};
 use synthesis::Synthesis;
 use tags::Tags;
 use upstreams::Upstreams;
+use warming::{Prewarm, Warmer};
 
 impl Registry {
     /// A registry whose upstreams are the configured registries, over HTTP.
@@ -254,7 +264,20 @@ impl Registry {
             },
             forget_after.map_or(ttl, |t| t.min(ttl)),
         );
+        let warmer = Warmer {
+            manifests: manifests.clone(),
+            blobs: blobs.clone(),
+            upstreams: upstreams.clone(),
+            metrics: metrics.clone(),
+        };
+        let prewarm = Prewarm::new(&config.multiarch, warmer.clone());
         Registry {
+            warmer,
+            prewarm,
+            recent: moka::sync::Cache::builder()
+                .max_capacity(RECENT_TAGS)
+                .time_to_idle(Duration::from_secs(7 * 24 * 3600))
+                .build(),
             config,
             store,
             metrics,
@@ -280,7 +303,57 @@ impl Registry {
 
     /// How many upstreams are configured.
     pub fn upstream_count(&self) -> usize {
-        self.upstreams.len()
+        self.config.upstreams.len()
+    }
+
+    /// Each configured upstream's name and state (last success, last error, rate budget).
+    pub fn upstream_statuses(&self) -> Vec<(String, crate::upstream::health::UpstreamStatus)> {
+        (0..self.config.upstreams.len())
+            .map(|i| {
+                let r = self.upstreams.at(i);
+                (r.name().to_string(), r.status())
+            })
+            .collect()
+    }
+
+    /// The fills in flight: digest, bytes so far, size when announced.
+    pub fn fills_progress(&self) -> Vec<(Digest, u64, Option<u64>)> {
+        self.fills
+            .in_flight()
+            .iter()
+            .map(|f| {
+                let (written, size) = f.progress();
+                (f.digest.clone(), written, size)
+            })
+            .collect()
+    }
+
+    /// Whether the image `d` is wholly in the store: the manifest, its config and layers
+    /// (an index: every manifest it lists, wholly). No upstream is asked.
+    pub async fn cached_image(&self, d: &Digest) -> Result<bool> {
+        let Some(bytes) = self.store.read_small(d).await? else {
+            return Ok(false);
+        };
+        let refs = match crate::oci::manifest::parse(&bytes, None) {
+            Ok(r) => r,
+            Err(_) => return Ok(false),
+        };
+        for (b, _) in &refs.blobs {
+            if !self.blobs.is_cached(b).await? {
+                return Ok(false);
+            }
+        }
+        for child in &refs.manifests {
+            if self.store.read_small(&child.digest).await?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// How a route's repository is named on the console: `upstream/repository`.
+    pub fn route_name(&self, route: &Route) -> String {
+        format!("{}/{}", self.upstreams.name(route), route.repo)
     }
 
     /// The manifest `reference` names, as stored (no synthesis, no platform resolution).
@@ -302,7 +375,13 @@ impl Registry {
         user_agent: Option<&str>,
     ) -> Result<Served<Arc<Manifest>>> {
         let tag = match reference {
-            Reference::Digest(_) => return self.manifests.get(route, reference).await,
+            Reference::Digest(d) => {
+                let m = self.manifests.get(route, reference).await?;
+                if let Some(p) = &self.prewarm {
+                    p.pulled(route, d);
+                }
+                return Ok(m);
+            }
             Reference::Tag(t) => t,
         };
         let served = self.tag_manifest(route, tag).await?;
@@ -315,7 +394,13 @@ impl Registry {
             .and_then(Platform::from_user_agent)
             .unwrap_or_else(|| self.config.multiarch.default_platform.clone());
         let child = self.platform_manifest(route, tag, &served.value, &want)?;
-        let m = self.manifests.get(route, &Reference::Digest(child)).await?;
+        let m = self
+            .manifests
+            .get(route, &Reference::Digest(child.clone()))
+            .await?;
+        if let Some(p) = &self.prewarm {
+            p.pulled(route, &child);
+        }
         Ok(Served::new(m.value, served.provenance.and(m.provenance)))
     }
 
@@ -354,16 +439,75 @@ impl Registry {
         }
         // A tag derived from a digest (a signature, an attestation, a referrers index) is
         // the upstream's as it stands: there is no image to synthesize platforms for.
-        if !covered || cosign::is_digest_tag(tag) {
+        if cosign::is_digest_tag(tag) {
             return self
                 .manifests
                 .get(route, &Reference::Tag(tag.clone()))
                 .await;
         }
-        let r = self.synthesis.resolve(route, tag).await?;
-        let m = r.value.manifest.clone();
-        self.manifests.note_use(route, &m.digest);
-        Ok(Served::new(m, r.provenance))
+        let served = if covered {
+            let r = self.synthesis.resolve(route, tag).await?;
+            let m = r.value.manifest.clone();
+            self.manifests.note_use(route, &m.digest);
+            Served::new(m, r.provenance)
+        } else {
+            self.manifests
+                .get(route, &Reference::Tag(tag.clone()))
+                .await?
+        };
+        self.served_tag(route, tag, &served);
+        Ok(served)
+    }
+
+    /// Notes a tag served (for the console) and, for an index, which manifests it holds (for
+    /// prewarming). From memory, a known tag costs one lookup.
+    fn served_tag(&self, route: &Route, tag: &Tag, served: &Served<Arc<Manifest>>) {
+        let key = tags::key(route, tag);
+        if served.provenance == Provenance::Cache && self.recent.contains_key(&key) {
+            return;
+        }
+        self.recent.insert(key, crate::clock::now_millis());
+        if let Some(p) = &self.prewarm {
+            if is_index(&served.value.media_type) {
+                p.served_index(route, &served.value);
+            }
+        }
+    }
+
+    /// The tags served recently, as (route, tag, when last resolved).
+    pub fn recent_tags(&self) -> Vec<(Route, Tag, u64)> {
+        self.recent
+            .iter()
+            .map(|(k, at)| {
+                let (upstream, repo, tag) = (*k).clone();
+                (Route { upstream, repo }, tag, at)
+            })
+            .collect()
+    }
+
+    /// Fetches `reference` (`registry/repo:tag` or `registry/repo@digest`) into the cache for
+    /// `platforms` (every platform of an index when empty), through the fills pulls use.
+    pub async fn warm(
+        &self,
+        reference: &str,
+        platforms: &[Platform],
+        observer: &dyn warming::WarmObserver,
+    ) -> Result<warming::WarmSummary> {
+        let (route, reference) = self.route_reference(reference)?;
+        let top = match &reference {
+            Reference::Tag(t) => self.tag_manifest(&route, t).await?.value,
+            Reference::Digest(_) => self.manifests.get(&route, &reference).await?.value,
+        };
+        let images = self.warmer.images(&route, &top, platforms).await?;
+        let mut summary = warming::WarmSummary::default();
+        for image in &images {
+            let s = self
+                .warmer
+                .image(&route, image, observer, &|| false, None)
+                .await;
+            summary.add(s);
+        }
+        Ok(summary)
     }
 
     /// How a tag resolves platform by platform (synthesizing when a rule applies).

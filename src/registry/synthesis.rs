@@ -48,6 +48,52 @@ pub struct PlatformRow {
     pub source: String,
     /// The config check: `ok (config linux/s390x)`, or why the entry was left out.
     pub check: String,
+    /// For a fallback left out: what kind of reason it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refusal>,
+}
+
+/// Why a fallback was left out of an index, as the console's matrix groups reasons.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The reference names nothing: no such tag or repository, or its index has no entry
+    /// for the platform.
+    Missing,
+    /// Its image config names another platform (what would give `exec format error`).
+    ArchitectureMismatch,
+    /// The reference or what it names cannot be used (a malformed template, a nested
+    /// index, a manifest that does not parse).
+    Invalid,
+    /// Its upstream could not be asked now.
+    Unavailable,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::ArchitectureMismatch => "architecture mismatch",
+            Refusal::Invalid => "invalid",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+
+    /// The kind of a failure to read the fallback.
+    fn of(e: &Error) -> Refusal {
+        match e {
+            Error::ManifestUnknown(_) | Error::NameUnknown(_) | Error::BlobUnknown(_) => {
+                Refusal::Missing
+            }
+            Error::ManifestInvalid(_)
+            | Error::NameInvalid(_)
+            | Error::TagInvalid(_)
+            | Error::DigestInvalid(_)
+            | Error::ReferenceInvalid(_)
+            | Error::RepositoryDenied(_) => Refusal::Invalid,
+            _ => Refusal::Unavailable,
+        }
+    }
 }
 
 /// How a tag resolves: the rows, and the manifest archway serves for it.
@@ -239,6 +285,7 @@ impl Synthesis {
                 digest: Some(m.digest.to_string()),
                 source: "upstream manifest".into(),
                 check: format!("ok (config {})", p.normalized()),
+                refused: None,
             }];
             let entries = vec![index::descriptor(
                 &m.media_type,
@@ -271,6 +318,7 @@ impl Synthesis {
                 digest: e["digest"].as_str().map(str::to_string),
                 source: "upstream index".into(),
                 check: "upstream's own entry".into(),
+                refused: None,
             });
             base.present.push(p);
             base.entries.push(e.clone());
@@ -295,7 +343,8 @@ impl Synthesis {
             let fb = match FallbackRef::expand(&self.router, template, route, tag) {
                 Ok(fb) => fb,
                 Err(reason) => {
-                    self.refuse(route, tag, platform, template, &reason, &mut base.rows);
+                    let why = (Refusal::Invalid, reason);
+                    self.refuse(route, tag, platform, template, why, &mut base.rows);
                     continue;
                 }
             };
@@ -309,13 +358,12 @@ impl Synthesis {
                         digest: Some(a.child.digest.to_string()),
                         source: fb.reference.clone(),
                         check: format!("ok (config {config})"),
+                        refused: None,
                     });
                     base.entries.push(a.descriptor.clone());
                     admitted.push(a);
                 }
-                Err(reason) => {
-                    self.refuse(route, tag, platform, &fb.reference, &reason, &mut base.rows)
-                }
+                Err(why) => self.refuse(route, tag, platform, &fb.reference, why, &mut base.rows),
             }
         }
         admitted
@@ -348,7 +396,7 @@ impl Synthesis {
         tag: &Tag,
         platform: &Platform,
         reference: &str,
-        reason: &str,
+        (kind, reason): (Refusal, String),
         rows: &mut Vec<PlatformRow>,
     ) {
         tracing::warn!(
@@ -362,12 +410,18 @@ impl Synthesis {
             digest: None,
             source: reference.to_string(),
             check: format!("refused: {reason}"),
+            refused: Some(kind),
         });
     }
 
     /// Resolves a fallback reference to the manifest for `platform` and checks its config.
-    async fn admit(&self, platform: &Platform, fb: &FallbackRef) -> Result<Admitted, String> {
-        let reason = |e: Error| crate::causes::Chain(&e).to_string();
+    async fn admit(
+        &self,
+        platform: &Platform,
+        fb: &FallbackRef,
+    ) -> Result<Admitted, (Refusal, String)> {
+        let reason = |e: Error| (Refusal::of(&e), crate::causes::Chain(&e).to_string());
+        let invalid = |why: String| (Refusal::Invalid, why);
         let m = self
             .manifests
             .get(&fb.route, &Reference::Tag(fb.tag.clone()))
@@ -376,10 +430,14 @@ impl Synthesis {
             .value;
         let child = if is_index(&m.media_type) {
             // Strictly the entry for this platform: no compatible-variant substitutes.
-            let v: Value = serde_json::from_slice(&m.bytes).map_err(|e| e.to_string())?;
-            let entry = index::find_exact(&v, platform)
-                .ok_or_else(|| format!("its index has no entry for {platform}"))?;
-            let d = index::entry_digest(entry).map_err(|e| format!("index entry: {e}"))?;
+            let v: Value = serde_json::from_slice(&m.bytes).map_err(|e| invalid(e.to_string()))?;
+            let entry = index::find_exact(&v, platform).ok_or_else(|| {
+                (
+                    Refusal::Missing,
+                    format!("its index has no entry for {platform}"),
+                )
+            })?;
+            let d = index::entry_digest(entry).map_err(|e| invalid(format!("index entry: {e}")))?;
             self.manifests
                 .get(&fb.route, &Reference::Digest(d))
                 .await
@@ -389,14 +447,17 @@ impl Synthesis {
             m
         };
         if is_index(&child.media_type) {
-            return Err("nested index".into());
+            return Err(invalid("nested index".into()));
         }
         let actual = self
             .image_platform(&fb.route, &child)
             .await
             .map_err(reason)?;
         if !platform.matches(&actual) {
-            return Err(format!("its image config says {}", actual.normalized()));
+            return Err((
+                Refusal::ArchitectureMismatch,
+                format!("its image config says {}", actual.normalized()),
+            ));
         }
         let annotation = [(FALLBACK_ANNOTATION, fb.reference.as_str())];
         Ok(Admitted {

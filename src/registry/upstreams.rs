@@ -20,12 +20,13 @@ impl Upstreams {
         Upstreams { remotes, names }
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.remotes.len()
-    }
-
     pub(crate) fn remote(&self, route: &Route) -> &Arc<dyn Remote> {
         &self.remotes[route.upstream]
+    }
+
+    /// The `i`th, in config order.
+    pub(crate) fn at(&self, i: usize) -> &Arc<dyn Remote> {
+        &self.remotes[i]
     }
 
     pub(crate) fn name(&self, route: &Route) -> &Arc<str> {

@@ -10,7 +10,7 @@ mod fallbacks;
 
 use std::fmt::Write as _;
 
-use crate::config::{HostedConfig, UpstreamConfig};
+use crate::config::{HostedConfig, RepoRules, UpstreamConfig};
 use crate::error::Error;
 use crate::oci::RepoName;
 pub use fallbacks::{FallbackRef, Fallbacks, Rule};
@@ -38,6 +38,7 @@ struct Entry {
     name: String,
     hosts: Vec<String>,
     docker_hub: bool,
+    rules: RepoRules,
 }
 
 impl Entry {
@@ -54,11 +55,13 @@ impl Router {
                 name: u.name.clone(),
                 hosts: u.hosts.clone(),
                 docker_hub: u.hosts.iter().any(|h| h == "docker.io"),
+                rules: u.rules.clone(),
             })
             .chain(hosted.iter().map(|h| Entry {
                 name: h.name.clone(),
                 hosts: h.hosts.clone(),
                 docker_hub: false,
+                rules: RepoRules::default(),
             }))
             .collect();
         Router {
@@ -104,11 +107,19 @@ impl Router {
                 "repository {name} is not mirrored here: it names no configured upstream and there is no default upstream"
             )));
         };
-        let repo = if self.entries[upstream].docker_hub {
+        let entry = &self.entries[upstream];
+        let repo = if entry.docker_hub {
             repo.with_library_prefix()
         } else {
             repo
         };
+        // Before anything is looked up: cached content of a denied repository is not served.
+        if let Some(why) = entry.rules.refusal(repo.as_str()) {
+            return Err(Error::RepositoryDenied(format!(
+                "repository {repo} of upstream {}: {why}",
+                entry.name
+            )));
+        }
         Ok(Route { upstream, repo })
     }
 
@@ -132,6 +143,19 @@ impl Router {
             }
             if let Some(user) = &u.username {
                 let _ = writeln!(s, "  credentials: user {user:?}");
+            }
+            for (what, list) in [("allow", &e.rules.allow), ("deny", &e.rules.deny)] {
+                if !list.is_empty() {
+                    let l: Vec<String> = list.iter().map(|p| p.to_string()).collect();
+                    let _ = writeln!(s, "  {what:<10} {}", l.join(", "));
+                }
+            }
+            if u.min_remaining > 0 {
+                let _ = writeln!(
+                    s,
+                    "  rate budget: serve cached tags below {} pulls left",
+                    u.min_remaining
+                );
             }
         }
         for (e, h) in self.entries[self.upstreams..].iter().zip(hosted) {

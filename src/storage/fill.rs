@@ -139,6 +139,12 @@ impl Fill {
 }
 
 impl Fill {
+    /// Bytes spooled so far, and the blob's size when announced.
+    pub fn progress(&self) -> (u64, Option<u64>) {
+        let p = self.progress.borrow();
+        (p.written, p.size)
+    }
+
     /// Waits for the upstream's answer: the blob's size (if announced) or the failure.
     pub async fn started(&self) -> Result<Option<u64>, Arc<Error>> {
         let mut rx = self.progress.clone();
@@ -319,6 +325,14 @@ impl Fills {
     /// The fill in flight for `d`, if any.
     pub fn get(&self, d: &Digest) -> Option<Arc<Fill>> {
         self.map.lock().ok()?.get(d).cloned()
+    }
+
+    /// The fills in flight now.
+    pub fn in_flight(&self) -> Vec<Arc<Fill>> {
+        self.map
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Number of fills in flight.

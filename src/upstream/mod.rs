@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod error;
+pub mod health;
 #[cfg(test)]
 pub mod memory;
 
@@ -108,6 +109,16 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     ) -> UResult<Option<BlobDownload>>;
     /// One page of `/tags/list`; `query` is passed on as is (`n=..&last=..`).
     async fn tags(&self, repo: &RepoName, query: &str) -> UResult<Option<TagPage>>;
+    /// What is known of this upstream's state, for the console.
+    fn status(&self) -> health::UpstreamStatus {
+        health::UpstreamStatus::default()
+    }
+
+    /// Whether its rate budget is under `min_remaining`: spend no pull that can be avoided.
+    fn budget_low(&self) -> bool {
+        false
+    }
+
     /// A page of `/referrers/<digest>` (`next`: a page's link to the one after). `None` when
     /// the upstream has no referrers API (distribution 2.8 answers 404) or does not answer
     /// with an index.
@@ -131,6 +142,7 @@ pub struct Upstream {
     challenge: std::sync::Mutex<Option<Challenge>>,
     tokens: moka::future::Cache<String, Token>,
     metrics: Metrics,
+    health: health::Health,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -198,6 +210,7 @@ impl Upstream {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
+            health: health::Health::new(&cfg.name, cfg.min_remaining, metrics.clone()),
             metrics,
         })
     }
@@ -335,8 +348,11 @@ impl Upstream {
             let started = Instant::now();
             let resp = req.send().await.map_err(|e| {
                 self.count(method.as_str(), "error");
-                self.transport(e)
+                let e = self.transport(e);
+                self.health.failed(&e.to_string());
+                e
             })?;
+            self.health.answered(resp.status(), resp.headers());
             self.metrics
                 .upstream_duration
                 .with_label_values(&[&self.name])
@@ -412,6 +428,14 @@ impl Upstream {
 impl Remote for Upstream {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn status(&self) -> health::UpstreamStatus {
+        self.health.status()
+    }
+
+    fn budget_low(&self) -> bool {
+        self.health.low()
     }
 
     async fn head_manifest(

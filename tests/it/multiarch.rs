@@ -9,23 +9,25 @@ use crate::support::images::{sha256, Image, Pusher, OCI_INDEX, OCI_MANIFEST};
 use crate::support::registry::Upstream;
 use crate::support::{http, random_bytes, skopeo, unique_seed};
 
-const REPO: &str = "thinklab/go-hello-world";
+pub(crate) const REPO: &str = "thinklab/go-hello-world";
 
-struct Tutorial {
-    up: Upstream,
-    amd64: Image,
-    arm64: Image,
-    s390x: Image,
-    ppc64le: Image,
-    armv7: Image,
-    index: Vec<u8>,
+/// The tutorial's layout on a real upstream: an index of amd64 and arm64, and
+/// per-architecture images the fallbacks name (one mislabelled).
+pub(crate) struct Tutorial {
+    pub(crate) up: Upstream,
+    pub(crate) amd64: Image,
+    pub(crate) arm64: Image,
+    pub(crate) s390x: Image,
+    pub(crate) ppc64le: Image,
+    pub(crate) armv7: Image,
+    pub(crate) index: Vec<u8>,
 }
 
 fn image(platform: &str) -> Image {
     Image::new(platform, vec![random_bytes(unique_seed(), 20_000)])
 }
 
-async fn tutorial() -> Tutorial {
+pub(crate) async fn tutorial() -> Tutorial {
     let up = Upstream::start().await;
     let push = Pusher::new(&up.url(), None);
     let (amd64, arm64) = (image("linux/amd64"), image("linux/arm64"));
@@ -66,7 +68,9 @@ repository = "docker.io/thinklab/go-hello-world"
 "linux/riscv64" = "docker.io/thinklab/go-hello-world:riscv64-{tag}"
 "#;
 
-fn settings(up: &Upstream, ttl: &str, extra: &str) -> Settings {
+/// archway in front of `up` with the tutorial's fallbacks; `extra` continues the
+/// `[fallback.platforms]` table, then any further tables.
+pub(crate) fn settings(up: &Upstream, ttl: &str, extra: &str) -> Settings {
     Settings {
         upstreams: vec![UpstreamSpec::hub(&up.url())],
         tag_ttl: ttl.into(),

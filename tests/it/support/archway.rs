@@ -32,6 +32,8 @@ pub struct UpstreamSpec {
     pub creds: Option<(String, String)>,
     /// `ca_file`: a CA to trust for an HTTPS upstream.
     pub ca_file: Option<PathBuf>,
+    /// More keys for this `[[upstream]]` table (`allow`, `min_remaining`, ...).
+    pub extra: String,
 }
 
 impl UpstreamSpec {
@@ -48,6 +50,7 @@ impl UpstreamSpec {
             default,
             creds: None,
             ca_file: None,
+            extra: String::new(),
         }
     }
 }
@@ -144,6 +147,7 @@ pub fn render(settings: &Settings, dir: &Path) -> String {
                 pw.display()
             ));
         }
+        s.push_str(&u.extra);
         s.push('\n');
     }
     if settings.admin {

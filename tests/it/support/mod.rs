@@ -5,6 +5,7 @@
 
 pub mod archway;
 pub mod azure;
+pub mod chromium;
 pub mod cosign;
 pub mod fake;
 pub mod images;
