@@ -140,6 +140,16 @@ impl From<String> for Failure {
     }
 }
 
+/// Raises the soft limit on open files to the hard one (as Go's runtime does): every client
+/// connection, cached file and upstream socket takes one, and the soft default (often 1024)
+/// is far below what `server.max_connections` allows.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, StartupError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -148,6 +158,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, StartupError> {
 }
 
 fn serve(config: Option<&Path>) -> Result<(), Failure> {
+    raise_fd_limit();
     let path = config_path(config);
     let config = load(path.as_deref())?;
     runtime()?.block_on(archway::run(config, path, shutdown_signal()))?;
@@ -453,8 +464,11 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("ARCHWAY_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: escape codes in a file or a log collector
+    // are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

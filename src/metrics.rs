@@ -67,9 +67,19 @@ pub struct Metrics {
     pub blob_redirects: IntCounter,
     /// `archway_upstream_ratelimit_remaining{upstream}`: pulls left, as the upstream announced.
     pub upstream_ratelimit_remaining: IntGaugeVec,
+    /// `archway_upstream_realm_refused_total{upstream}`: token requests made anonymously
+    /// because the realm an upstream named may not receive its credentials.
+    pub upstream_realm_refused: IntCounterVec,
+    /// `archway_connections_open`: client connections on the registry listener now.
+    pub connections_open: IntGauge,
     /// `archway_prewarm_bytes_total`: blob bytes fetched by prewarming.
     pub prewarm_bytes: IntCounter,
 }
+
+/// The `kind` of cache hits and misses.
+const KINDS: &[&str] = &["manifest", "blob", "tag"];
+/// The `outcome` of collections and reloads.
+const OUTCOMES: &[&str] = &["ok", "error"];
 
 /// Registers each metric as it is made. The names and labels are constants of this file,
 /// so a failure is a bug caught by the first test that builds `Metrics`.
@@ -94,6 +104,16 @@ impl Builder {
 
     fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         self.register(name, IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    /// A family of one label whose values are all known: each series is there at 0 from
+    /// the start, so dashboards and alerts (rates, absent()) see it before its first event.
+    fn known(&self, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
+        let c = self.counters(name, help, &[label]);
+        for v in values {
+            c.with_label_values(&[v]);
+        }
+        c
     }
 
     fn gauge(&self, name: &str, help: &str) -> IntGauge {
@@ -122,9 +142,9 @@ impl Metrics {
                 "Time to answer a registry API request (headers; bodies stream after).",
                 &["route", "method"],
             ),
-            cache_hits: b.counters("cache_hits_total", "Served from cache.", &["kind"]),
-            cache_misses: b.counters("cache_misses_total", "Not in cache; fetched from upstream.", &["kind"]),
-            served_bytes: b.counters("served_bytes_total", "Blob bytes sent to clients.", &["source"]),
+            cache_hits: b.known("cache_hits_total", "Served from cache.", "kind", KINDS),
+            cache_misses: b.known("cache_misses_total", "Not in cache; fetched from upstream.", "kind", KINDS),
+            served_bytes: b.known("served_bytes_total", "Blob bytes sent to clients.", "source", &["cache", "upstream", "joined", "hosted"]),
             upstream_requests: b.counters(
                 "upstream_requests_total",
                 "Requests sent to upstream registries.",
@@ -143,7 +163,7 @@ impl Metrics {
                 "fill_waiters_total",
                 "Requests that joined a blob fill already in progress instead of fetching again.",
             ),
-            fill_failures: b.counters("fill_failures_total", "Blob fills that cached nothing.", &["reason"]),
+            fill_failures: b.known("fill_failures_total", "Blob fills that cached nothing.", "reason", &["digest_mismatch", "size_mismatch", "not_found", "upstream"]),
             stale_serves: b.counter(
                 "stale_serves_total",
                 "Tags served from the last known manifest because the upstream failed.",
@@ -160,31 +180,35 @@ impl Metrics {
                 "cache_size_bytes",
                 "Bytes of content (blobs and manifests) in the object store: the last collection's count plus this replica's writes since (only kept when storage.max_size is set).",
             ),
-            evictions: b.counters(
+            evictions: b.known(
                 "cache_evictions_total",
                 "Evicted by the bounded cache: manifests unlinked from a repository, and content objects deleted.",
-                &["kind"],
+                "kind",
+                &["manifest", "content"],
             ),
             evicted_bytes: b.counter("cache_evicted_bytes_total", "Bytes of content deleted by the bounded cache."),
-            gc_runs: b.counters("gc_runs_total", "Bounded-cache collections run by this replica.", &["outcome"]),
-            config_reloads: b.counters(
+            gc_runs: b.known("gc_runs_total", "Bounded-cache collections run by this replica.", "outcome", OUTCOMES),
+            config_reloads: b.known(
                 "config_reloads_total",
                 "Configuration reloads on SIGHUP, applied (ok) or refused (error).",
-                &["outcome"],
+                "outcome",
+                OUTCOMES,
             ),
             signatures_served: b.counter(
                 "signatures_served_total",
                 "Signatures archway made of what it synthesized, served as a .sig tag or a referrer.",
             ),
-            referrers_requests: b.counters(
+            referrers_requests: b.known(
                 "referrers_requests_total",
                 "Referrers listings answered, by where the list came from.",
-                &["source"],
+                "source",
+                &["upstream_api", "tag_schema", "cache", "synthesized"],
             ),
-            fill_leases: b.counters(
+            fill_leases: b.known(
                 "fill_leases_total",
                 "Cluster fills of cold blobs, by how this replica took part.",
-                &["outcome"],
+                "outcome",
+                &["owned", "followed", "taken_over", "fallback"],
             ),
             peer_bytes: b.counter(
                 "peer_bytes_total",
@@ -199,12 +223,28 @@ impl Metrics {
                 "Pulls left in the upstream's rate-limit window, as it last announced.",
                 &["upstream"],
             ),
+            upstream_realm_refused: b.counters(
+                "upstream_realm_refused_total",
+                "Token requests sent without credentials: the realm the upstream named may not receive them.",
+                &["upstream"],
+            ),
+            connections_open: b.gauge(
+                "connections_open",
+                "Client connections open on the registry listener (at most server.max_connections).",
+            ),
             prewarm_bytes: b.counter(
                 "prewarm_bytes_total",
                 "Blob bytes fetched for cluster platforms no client asked for yet.",
             ),
             collectors,
         }
+    }
+
+    /// `self`, with the series of upstream `name` that have no other label there at 0.
+    pub fn for_upstream(self, name: &str) -> Metrics {
+        self.upstream_realm_refused.with_label_values(&[name]);
+        self.upstream_duration.with_label_values(&[name]);
+        self
     }
 
     /// The text exposition format.
@@ -236,6 +276,18 @@ mod tests {
             text.contains("archway_cache_hits_total{kind=\"blob\"} 1"),
             "{text}"
         );
+        // Labelled families are there before their first event.
+        for series in [
+            "archway_cache_misses_total{kind=\"tag\"} 0",
+            "archway_served_bytes_total{source=\"upstream\"} 0",
+            "archway_fill_failures_total{reason=\"digest_mismatch\"} 0",
+            "archway_config_reloads_total{outcome=\"error\"} 0",
+            "archway_fill_leases_total{outcome=\"taken_over\"} 0",
+            "archway_referrers_requests_total{source=\"tag_schema\"} 0",
+            "archway_cache_evictions_total{kind=\"content\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
         // Two instances in one process do not clash.
         let _again = Metrics::new();
     }

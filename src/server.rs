@@ -155,9 +155,23 @@ impl Server {
     }
 }
 
+/// Connections the kernel may queue before archway accepts them (it caps this at
+/// `net.core.somaxconn`): a burst of pulls as a deployment rolls out must not find the queue
+/// full, nor wait for SYN retries.
+const BACKLOG: u32 = 4096;
+
 async fn listen(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr)
-        .await
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            s.listen(BACKLOG)
+        })
         .map_err(|source| StartupError::Listen { key, addr, source })
 }
 

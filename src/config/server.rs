@@ -1,4 +1,5 @@
-//! `[server]`: the registry listener, its TLS certificate, and how long shutdown waits.
+//! `[server]`: the registry listener, its TLS certificate, what one client may hold of it
+//! (head and idle deadlines, head size, connections), and how long shutdown waits.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,12 +13,22 @@ const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5000);
 /// What orchestrators allow before SIGKILL is usually 30-40 s (40 s in deploy/).
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
+/// hyper cannot read with a smaller buffer (and no client needs less).
+const MIN_MAX_HEADER_BYTES: u64 = 8 * 1024;
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     listen: Option<String>,
     shutdown_grace: Option<String>,
+    header_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_header_bytes: Option<String>,
+    max_connections: Option<usize>,
     tls: Option<RawTls>,
 }
 
@@ -36,6 +47,14 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// After SIGTERM, how long in-flight responses and then blob fills get to finish.
     pub shutdown_grace: Duration,
+    /// A request head must arrive whole within this of its first byte.
+    pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Request heads (HTTP/1 head, HTTP/2 header list) over this get 431.
+    pub max_header_bytes: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 /// A certificate chain and its private key, both PEM files.
@@ -76,9 +95,53 @@ pub(super) fn validate(raw: RawServer, base: Option<&Path>, errs: &mut Errors) -
             }
         }
     });
+    let positive = |errs: &mut Errors, key: &str, v: Option<&str>, default: Duration| {
+        let d = values::duration(errs, key, v, default);
+        if d.is_zero() {
+            errs.push(key, "must be more than 0");
+            return default;
+        }
+        d
+    };
+    let header_timeout = positive(
+        errs,
+        "server.header_timeout",
+        raw.header_timeout.as_deref(),
+        DEFAULT_HEADER_TIMEOUT,
+    );
+    let idle_timeout = positive(
+        errs,
+        "server.idle_timeout",
+        raw.idle_timeout.as_deref(),
+        DEFAULT_IDLE_TIMEOUT,
+    );
+    let max_header_bytes = match values::size(
+        errs,
+        "server.max_header_bytes",
+        raw.max_header_bytes.as_deref(),
+    ) {
+        Some(n) if n < MIN_MAX_HEADER_BYTES => {
+            errs.push("server.max_header_bytes", "must be at least 8KiB");
+            DEFAULT_MAX_HEADER_BYTES
+        }
+        Some(n) if n > u32::MAX as u64 => {
+            errs.push("server.max_header_bytes", "must be under 4GiB");
+            DEFAULT_MAX_HEADER_BYTES
+        }
+        Some(n) => n,
+        None => DEFAULT_MAX_HEADER_BYTES,
+    } as usize;
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        errs.push("server.max_connections", "must be at least 1");
+    }
     ServerConfig {
         listen,
         tls,
         shutdown_grace,
+        header_timeout,
+        idle_timeout,
+        max_header_bytes,
+        max_connections: max_connections.max(1),
     }
 }

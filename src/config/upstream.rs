@@ -38,6 +38,8 @@ pub(super) struct RawUpstream {
     deny: Vec<String>,
     #[serde(default)]
     min_remaining: u64,
+    #[serde(default)]
+    token_realms: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -67,6 +69,9 @@ pub struct UpstreamConfig {
     /// Below this many pulls left in the upstream's rate-limit window, expired tags are served
     /// from the cache and prewarming pauses; 0: off.
     pub min_remaining: u64,
+    /// Token realms (scheme, host and port) that may receive the credentials besides the
+    /// upstream's own host and registrable domain.
+    pub token_realms: Vec<Url>,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -136,6 +141,12 @@ pub(super) fn validate(
             u.read_timeout.as_deref(),
             DEFAULT_READ_TIMEOUT,
         );
+        let token_realms: Vec<Url> = u
+            .token_realms
+            .iter()
+            .enumerate()
+            .filter_map(|(j, r)| self::url(errs, &k(&format!("token_realms[{j}]")), Some(r)))
+            .collect();
         let mut rules = RepoRules::default();
         for (list, raw_list, key) in [
             (&mut rules.allow, &u.allow, "allow"),
@@ -162,6 +173,7 @@ pub(super) fn validate(
                 read_timeout,
                 rules,
                 min_remaining: u.min_remaining,
+                token_realms,
             });
         }
     }

@@ -142,7 +142,7 @@ async fn dispatch<B>(registry: &Registry, req: &Request<B>) -> Result<Response<B
         Endpoint::Manifest { name, reference } => {
             read_only("manifests")?;
             let route = route(registry, req, name)?;
-            let reference = parse_reference(reference)?;
+            let reference = parse_read_reference(reference)?;
             manifest(registry, req, &route, &reference).await
         }
         Endpoint::Blob { name, digest } => {
@@ -188,6 +188,19 @@ fn route<B>(registry: &Registry, req: &Request<B>, name: &str) -> Result<Route, 
     registry.route(&name, ns.as_deref())
 }
 
+/// A reference to read a manifest by. No manifest can be found under a malformed tag, so
+/// it is unknown (404, as the OCI conformance suite requires and distribution answers),
+/// not a bad request; a malformed digest is still `DIGEST_INVALID`.
+pub(super) fn parse_read_reference(s: &str) -> Result<Reference, Error> {
+    s.parse().map_err(|e| match e {
+        ReferenceError::Digest(e) => Error::DigestInvalid(e),
+        ReferenceError::Tag(e) => Error::ManifestUnknown(format!(
+            "no manifest has the reference {s:?}: it is not a valid tag ({e})"
+        )),
+    })
+}
+
+/// A reference to write a manifest under: a malformed tag is the request's fault.
 pub(super) fn parse_reference(s: &str) -> Result<Reference, Error> {
     s.parse().map_err(|e| match e {
         ReferenceError::Digest(e) => Error::DigestInvalid(e),

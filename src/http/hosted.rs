@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use super::endpoint::Endpoint;
 use super::errors::upload_range;
-use super::handlers::{blob_response, header, parse_reference, query_param};
+use super::handlers::{blob_response, header, parse_read_reference, parse_reference, query_param};
 use super::{empty, full, Body};
 use crate::error::{Error, Result};
 use crate::hosted::uploads::{self, ChunkRange};
@@ -48,7 +48,11 @@ pub async fn dispatch(
     let read = method == Method::GET || method == Method::HEAD;
     match endpoint {
         Endpoint::Manifest { reference, .. } => {
-            let reference = parse_reference(reference)?;
+            let reference = if read {
+                parse_read_reference(reference)?
+            } else {
+                parse_reference(reference)?
+            };
             match method {
                 _ if read => manifest(registry, &req, &t, &reference).await,
                 Method::PUT => {

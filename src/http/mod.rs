@@ -3,6 +3,7 @@
 
 pub mod admin;
 mod client_auth;
+mod conn;
 pub mod endpoint;
 pub mod errors;
 mod handlers;
@@ -59,10 +60,20 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let limits = current.load().registry.config.server.clone();
+    let builder = builder(&limits);
+    // Connections beyond the limit wait in the listen backlog until one ends.
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -76,30 +87,49 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let front = current.load_full();
+        // Deadlines from the configuration current now: a reload applies to new connections.
+        let server = &front.registry.config.server;
+        let (stream, activity) =
+            conn::Guarded::new(stream, server.header_timeout, server.idle_timeout);
+        let open = Open::new(&front.registry.metrics, slot);
         let current = current.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let front = current.load_full();
-            async move { Ok::<_, Infallible>(respond(&front, req, peer).await) }
+            let busy = activity.begin();
+            async move {
+                let resp = respond(&front, req, peer).await;
+                Ok::<_, Infallible>(resp.map(|b| conn::hold(b, busy)))
+            }
         });
         match &tls {
             None => {
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
+                    let _open = open;
                     if let Err(e) = conn.await {
                         tracing::debug!(peer = %peer, error = %crate::causes::Chain(&*e), "connection ended with an error");
                     }
                 });
             }
             Some(acceptor) => {
-                // The handshake runs in the connection's task, not the accept loop.
+                // The handshake runs in the connection's task, not the accept loop, and
+                // within the head's deadline: a client that never finishes it holds nothing.
                 let (acceptor, builder) = (acceptor.clone(), builder.clone());
                 let watcher = graceful.watcher();
+                let deadline = server.header_timeout;
                 tokio::spawn(async move {
-                    let stream = match acceptor.accept(stream).await {
-                        Ok(s) => s,
-                        Err(e) => {
+                    let _open = open;
+                    let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %crate::causes::Chain(&e), "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "TLS handshake not done within server.header_timeout");
                             return;
                         }
                     };
@@ -118,6 +148,51 @@ pub async fn serve(
         _ = tokio::time::sleep(grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
+    }
+}
+
+/// The HTTP/1 and HTTP/2 settings of the registry listener.
+fn builder(limits: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    // A head that does not fit gets 431 (hyper reads heads into this buffer).
+    b.http1().max_buf_size(limits.max_header_bytes);
+    b.http2()
+        .max_header_list_size(limits.max_header_bytes as u32)
+        // Streams a client may have open at once; a client resetting streams faster than
+        // they are served (rapid reset) has the connection closed past these.
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_ERROR_RESETS);
+    b
+}
+
+/// HTTP/2 streams per connection: what one client pulling layers in parallel needs.
+const MAX_STREAMS: u32 = 256;
+/// Streams reset by the client before they were served, at most, at any moment.
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams archway may reset for a client's errors before it closes the connection.
+const MAX_ERROR_RESETS: usize = 256;
+
+/// An open connection: counted in `archway_connections_open`, holding its slot of
+/// `server.max_connections` until it ends.
+struct Open {
+    gauge: prometheus::IntGauge,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Open {
+    fn new(metrics: &crate::metrics::Metrics, slot: tokio::sync::OwnedSemaphorePermit) -> Open {
+        metrics.connections_open.inc();
+        Open {
+            gauge: metrics.connections_open.clone(),
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

@@ -12,6 +12,7 @@ mod error;
 pub mod health;
 #[cfg(test)]
 pub mod memory;
+pub mod realm;
 
 use std::time::Duration;
 
@@ -141,6 +142,8 @@ pub struct Upstream {
     /// 401 round trip each.
     challenge: std::sync::Mutex<Option<Challenge>>,
     tokens: moka::future::Cache<String, Token>,
+    /// Where the credentials may go to fetch a token.
+    realms: realm::RealmPolicy,
     metrics: Metrics,
     health: health::Health,
 }
@@ -197,6 +200,7 @@ impl Upstream {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
+        let realms = realm::RealmPolicy::new(&base, &cfg.token_realms);
         Ok(Upstream {
             name: cfg.name.clone(),
             base,
@@ -211,7 +215,8 @@ impl Upstream {
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
             health: health::Health::new(&cfg.name, cfg.min_remaining, metrics.clone()),
-            metrics,
+            realms,
+            metrics: metrics.for_upstream(&cfg.name),
         })
     }
 
@@ -282,8 +287,23 @@ impl Upstream {
             }
             q.append_pair("scope", scope);
         }
+        let creds = match (&self.creds, self.realms.check(&url)) {
+            (Some(c), Ok(_)) => Some(c),
+            (Some(_), Err(why)) => {
+                tracing::error!(
+                    upstream = %self.name, realm = %realm, rule = %why,
+                    "not sending this upstream's credentials to the token realm it named; asking for a token anonymously"
+                );
+                self.metrics
+                    .upstream_realm_refused
+                    .with_label_values(&[&self.name])
+                    .inc();
+                None
+            }
+            (None, _) => None,
+        };
         let mut req = self.http.get(url);
-        if let Some(c) = &self.creds {
+        if let Some(c) = creds {
             req = req.header(AUTHORIZATION, c.basic_header());
         }
         let resp = req.send().await.map_err(|e| self.transport(e))?;

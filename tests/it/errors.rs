@@ -61,7 +61,15 @@ async fn bad_requests_get_oci_errors() {
             "DIGEST_INVALID",
         ),
         ("GET", "/v2/a/blobs/latest", 400, "DIGEST_INVALID"),
-        ("GET", "/v2/a/manifests/.hidden", 400, "MANIFEST_INVALID"),
+        // No manifest has a malformed tag: unknown, as the OCI conformance suite's
+        // `.INVALID_MANIFEST_NAME` checks require.
+        (
+            "GET",
+            "/v2/a/manifests/.INVALID_MANIFEST_NAME",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        ("HEAD", "/v2/a/manifests/.INVALID_MANIFEST_NAME", 404, ""),
         ("GET", "/v2/a/manifests/nope", 404, "MANIFEST_UNKNOWN"),
         ("HEAD", "/v2/a/manifests/nope", 404, ""),
         (

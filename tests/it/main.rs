@@ -14,6 +14,7 @@ mod errors;
 mod faults;
 mod gc;
 mod hosted;
+mod limits;
 mod multiarch;
 mod object_stores;
 mod pull;

@@ -304,3 +304,111 @@ async fn an_https_upstream_is_verified_against_ca_file() {
         "the cause is in the message: {message}"
     );
 }
+
+/// A registry at `registry` whose challenge names a token realm on `realm_host` (another
+/// server): the realm hands out a token to anyone and records what Authorization it got.
+fn foreign_realm(
+    registry: &Fake,
+    realm_host: &Fake,
+    img: &Image,
+) -> Arc<std::sync::Mutex<Vec<Option<String>>>> {
+    let seen: Arc<std::sync::Mutex<Vec<Option<String>>>> = Arc::default();
+    let s = seen.clone();
+    realm_host.handler(move |req| {
+        if req.uri().path() != "/token" {
+            return None;
+        }
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        s.lock().unwrap().push(auth);
+        Some(ok(
+            "application/json",
+            br#"{"token":"realm-token","expires_in":300}"#.to_vec(),
+        ))
+    });
+    let realm = format!("{}/token", realm_host.url());
+    let manifest = img.manifest.clone();
+    registry.handler(move |req| {
+        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        if auth != Some("Bearer realm-token") {
+            return Some(Reply::Status(
+                401,
+                vec![(
+                    "www-authenticate".into(),
+                    format!(r#"Bearer realm="{realm}",service="reg",scope="repository:private/app:pull""#),
+                )],
+            ));
+        }
+        (req.uri().path() == "/v2/private/app/manifests/v1").then(|| ok(OCI_MANIFEST, manifest.clone()))
+    });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_go_to_a_token_realm_on_another_host_unless_listed() {
+    let img = Image::new("linux/amd64", vec![random_bytes(unique_seed(), 1_000)]);
+    let (registry, realm_host) = (Fake::start().await, Fake::start().await);
+    let seen = foreign_realm(&registry, &realm_host, &img);
+    let settings = |extra: &str| {
+        let mut s = Settings::single(&registry.url());
+        s.admin = true;
+        s.upstreams = vec![UpstreamSpec {
+            creds: Some(("user".into(), "pass".into())),
+            extra: extra.into(),
+            ..UpstreamSpec::new("tok", &registry.url(), &["tok.example"], true)
+        }];
+        s
+    };
+    let pull = |aw: &Archway| {
+        let url = format!("{}/v2/private/app/manifests/v1", aw.url());
+        async move {
+            let r = http().get(url).send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap())
+        }
+    };
+
+    let aw = Archway::start(&settings("")).await;
+    let refused = "archway_upstream_realm_refused_total{upstream=\"tok\"}";
+    assert_eq!(
+        crate::support::metric(aw.admin(), refused).await,
+        Some(0.0),
+        "there before any refusal"
+    );
+    assert_eq!(
+        pull(&aw).await,
+        (200, img.manifest.clone().into()),
+        "anonymous token, still served"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![None],
+        "the foreign realm got no credentials"
+    );
+    assert_eq!(crate::support::metric(aw.admin(), refused).await, Some(1.0));
+    let log = aw.log_text();
+    assert!(
+        log.contains("not sending this upstream's credentials")
+            && log.contains(&format!("{}/token", realm_host.url()))
+            && log.contains("token_realms does not list it"),
+        "the log names the realm and the rule:\n{log}"
+    );
+    assert!(!log.contains("dXNlcjpwYXNz"));
+    drop(aw);
+
+    // Listed by the admin: the credentials go there.
+    seen.lock().unwrap().clear();
+    let aw = Archway::start(&settings(&format!(
+        "token_realms = [\"{}\"]\n",
+        realm_host.url()
+    )))
+    .await;
+    assert_eq!(pull(&aw).await.0, 200);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![Some("Basic dXNlcjpwYXNz".to_string())]
+    );
+    assert_eq!(crate::support::metric(aw.admin(), refused).await, Some(0.0));
+}

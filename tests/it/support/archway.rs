@@ -73,6 +73,8 @@ pub struct Settings {
     pub json_logs: bool,
     /// `server.shutdown_grace`.
     pub shutdown_grace: Option<String>,
+    /// More keys for the `[server]` table.
+    pub server_extra: String,
     /// More environment for the process (AWS_*, AZURE_*, ...).
     pub env: Vec<(String, String)>,
     pub extra: String,
@@ -92,6 +94,7 @@ impl Settings {
             admin: false,
             json_logs: false,
             shutdown_grace: None,
+            server_extra: String::new(),
             env: Vec::new(),
             extra: String::new(),
         }
@@ -117,7 +120,8 @@ pub fn render(settings: &Settings, dir: &Path) -> String {
         None => String::new(),
     };
     let mut s = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{grace}{tls}\n[storage]\nurl = \"{storage}\"\nspool_dir = \"{}\"\n{}\n[cache]\ntag_ttl = \"{}\"\nserve_stale = {}\n\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n{grace}{}\n{tls}\n[storage]\nurl = \"{storage}\"\nspool_dir = \"{}\"\n{}\n[cache]\ntag_ttl = \"{}\"\nserve_stale = {}\n\n",
+        settings.server_extra,
         dir.join("spool").display(),
         settings.storage_extra,
         settings.tag_ttl,
