@@ -207,11 +207,12 @@ impl Follower {
             .with_label_values(&[outcome])
             .inc();
         let o = &self.origin;
-        let download = o
-            .remote
-            .get_blob(&o.repo, &self.d, self.offset)
-            .await?
-            .ok_or_else(|| Error::BlobUnknown(format!("{} in repository {}", self.d, o.repo)))?;
+        let download =
+            crate::upstream::resume::get_blob(o.remote.clone(), &o.repo, &self.d, self.offset)
+                .await?
+                .ok_or_else(|| {
+                    Error::BlobUnknown(format!("{} in repository {}", self.d, o.repo))
+                })?;
         if let Some(size) = download.size {
             self.set_size(size)?;
         }

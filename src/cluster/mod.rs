@@ -167,9 +167,7 @@ impl Cluster {
         outcome: &str,
     ) -> Result<FillSource> {
         self.metrics.fill_leases.with_label_values(&[outcome]).inc();
-        let download = origin
-            .remote
-            .get_blob(&origin.repo, d, 0)
+        let download = crate::upstream::resume::get_blob(origin.remote.clone(), &origin.repo, d, 0)
             .await?
             .ok_or_else(|| Error::BlobUnknown(format!("{d} in repository {}", origin.repo)))?;
         let mut source =

@@ -15,6 +15,7 @@ use crate::oci::RepoName;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_RETRIES: u32 = 3;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +41,7 @@ pub(super) struct RawUpstream {
     min_remaining: u64,
     #[serde(default)]
     token_realms: Vec<String>,
+    retries: Option<u32>,
 }
 
 #[derive(Clone)]
@@ -72,6 +74,8 @@ pub struct UpstreamConfig {
     /// Token realms (scheme, host and port) that may receive the credentials besides the
     /// upstream's own host and registrable domain.
     pub token_realms: Vec<Url>,
+    /// How many times an interrupted blob download is resumed from where it stopped.
+    pub retries: u32,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -174,6 +178,7 @@ pub(super) fn validate(
                 rules,
                 min_remaining: u.min_remaining,
                 token_realms,
+                retries: u.retries.unwrap_or(DEFAULT_RETRIES),
             });
         }
     }

@@ -300,7 +300,9 @@ impl Blobs {
             if let Some(c) = cluster {
                 return c.source(&digest, Origin { remote, repo }).await;
             }
-            let download = remote.get_blob(&repo, &digest, 0).await?.ok_or(not_found)?;
+            let download = crate::upstream::resume::get_blob(remote, &repo, &digest, 0)
+                .await?
+                .ok_or(not_found)?;
             Ok(FillSource::new(
                 download.size,
                 download.stream.map_err(Error::from).boxed(),

@@ -50,6 +50,9 @@ pub enum UpstreamError {
     },
     #[error("{upstream}: manifest larger than {MAX_MANIFEST_SIZE} bytes")]
     TooLarge { upstream: String },
+    /// A blob download that stopped short, or changed between a request and its resumption.
+    #[error("{upstream}: {problem}")]
+    Interrupted { upstream: String, problem: String },
 }
 
 /// What an upstream failure means for the client.
@@ -71,7 +74,9 @@ pub enum Failure {
 impl UpstreamError {
     pub fn failure(&self) -> Failure {
         match self {
-            UpstreamError::Transport { .. } | UpstreamError::Url { .. } => Failure::Unavailable,
+            UpstreamError::Transport { .. }
+            | UpstreamError::Url { .. }
+            | UpstreamError::Interrupted { .. } => Failure::Unavailable,
             UpstreamError::Status { status, .. } => status_failure(*status),
             UpstreamError::Token { status, .. } => match status.map(status_failure) {
                 Some(f @ (Failure::Unavailable | Failure::RateLimited)) => f,

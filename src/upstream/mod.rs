@@ -13,6 +13,7 @@ pub mod health;
 #[cfg(test)]
 pub mod memory;
 pub mod realm;
+pub mod resume;
 
 use std::time::Duration;
 
@@ -120,6 +121,11 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// How many times an interrupted blob download is resumed (`retries`).
+    fn retries(&self) -> u32 {
+        0
+    }
+
     /// A page of `/referrers/<digest>` (`next`: a page's link to the one after). `None` when
     /// the upstream has no referrers API (distribution 2.8 answers 404) or does not answer
     /// with an index.
@@ -144,6 +150,7 @@ pub struct Upstream {
     tokens: moka::future::Cache<String, Token>,
     /// Where the credentials may go to fetch a token.
     realms: realm::RealmPolicy,
+    retries: u32,
     metrics: Metrics,
     health: health::Health,
 }
@@ -216,6 +223,7 @@ impl Upstream {
                 .build(),
             health: health::Health::new(&cfg.name, cfg.min_remaining, metrics.clone()),
             realms,
+            retries: cfg.retries,
             metrics: metrics.for_upstream(&cfg.name),
         })
     }
@@ -448,6 +456,10 @@ impl Upstream {
 impl Remote for Upstream {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn retries(&self) -> u32 {
+        self.retries
     }
 
     fn status(&self) -> health::UpstreamStatus {

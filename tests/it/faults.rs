@@ -110,7 +110,8 @@ async fn cut_connection_mid_blob_leaves_nothing_behind() {
         received <= 400_000,
         "{received}: more than the upstream sent"
     );
-    assert_eq!(up.requests(), 1);
+    // Asked again `retries` (3) times, from where it stopped; each answer was cut as well.
+    assert_eq!(up.requests(), 4);
     assert!(wait_metric(aw.admin(), UPSTREAM_FAILED, 1.0, Duration::from_secs(20)).await);
     nothing_published(&aw, "cut/app", &digest);
     assert!(
@@ -125,6 +126,75 @@ async fn cut_connection_mid_blob_leaves_nothing_behind() {
         .await
         .unwrap();
     assert_eq!(alive.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_at_30_and_70_percent_resumes_with_ranges_and_verifies() {
+    let data = random_bytes(unique_seed(), 1_000_000);
+    let digest = crate::support::images::sha256(&data);
+    let cuts = vec![300_000, 700_000];
+    let (up, ranges) = crate::support::fake::flaky_server(data.clone(), cuts.clone(), true).await;
+    let aw = Archway::start(&with_admin(&up.url())).await;
+    let url = format!("{}/v2/flaky/app/blobs/{digest}", aw.url());
+    let r = http().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(data.len() as u64));
+    let body = r.bytes().await.unwrap();
+    assert!(
+        body == data,
+        "the client got the whole blob, unaware of the cuts"
+    );
+    assert_eq!(
+        *ranges.lock().unwrap(),
+        vec![
+            None,
+            Some("bytes=300000-".to_string()),
+            Some("bytes=700000-".to_string())
+        ],
+        "three GETs, two of them for the rest only"
+    );
+    // Verified and cached: served again without the upstream.
+    let again = http()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(again == data);
+    assert_eq!(ranges.lock().unwrap().len(), 3);
+    assert_eq!(metric_of(&aw, UPSTREAM_FAILED).await, Some(0.0));
+    assert!(aw.log_text().contains("resuming from where it stopped"));
+
+    // An upstream that ignores Range sends it all again: what was received is skipped.
+    let (up, ranges) = crate::support::fake::flaky_server(data.clone(), vec![300_000], false).await;
+    let aw = Archway::start(&with_admin(&up.url())).await;
+    let r = http()
+        .get(format!("{}/v2/flaky/app/blobs/{digest}", aw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.bytes().await.unwrap() == data);
+    assert_eq!(ranges.lock().unwrap().len(), 2);
+
+    // With retries = 0, a cut is the end of the transfer.
+    let (up, ranges) = crate::support::fake::flaky_server(data.clone(), cuts, true).await;
+    let mut s = with_admin(&up.url());
+    s.upstreams[0].extra = "retries = 0\n".into();
+    let aw = Archway::start(&s).await;
+    let received = broken_transfer(
+        &format!("{}/v2/flaky/app/blobs/{digest}", aw.url()),
+        data.len(),
+    )
+    .await;
+    assert!(received <= 300_000, "{received}");
+    assert_eq!(ranges.lock().unwrap().len(), 1);
+    nothing_published(&aw, "flaky/app", &digest);
+}
+
+async fn metric_of(aw: &Archway, series: &str) -> Option<f64> {
+    crate::support::metric(aw.admin(), series).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

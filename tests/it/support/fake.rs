@@ -195,7 +195,7 @@ pub async fn stall_server(len: usize, prefix: Vec<u8>) -> Raw {
 }
 
 async fn partial_server(len: usize, prefix: Vec<u8>, stall: bool) -> Raw {
-    raw_server(move |mut s| {
+    raw_server(move |mut s, _| {
         let prefix = prefix.clone();
         async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -248,7 +248,7 @@ pub async fn gated_cut_server(body: Vec<u8>, first: usize) -> Gated {
 async fn gated(body: Vec<u8>, first: usize, cut: bool) -> Gated {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let waiting = gate.clone();
-    let raw = raw_server(move |mut s| {
+    let raw = raw_server(move |mut s, _| {
         let (body, gate) = (body.clone(), waiting.clone());
         async move {
             use tokio::io::AsyncWriteExt;
@@ -270,11 +270,75 @@ async fn gated(body: Vec<u8>, first: usize, cut: bool) -> Gated {
     Gated { raw, gate }
 }
 
-/// A loopback listener that reads each request's head, then hands the connection to
-/// `respond`, which writes whatever (mis)behaviour the test needs.
+/// An upstream whose blob downloads break: the `n`th GET sends the body up to `cuts[n]`
+/// (counted from the blob's start) and closes the connection; a GET past the last cut
+/// sends the rest. With `ranges`, a `Range: bytes=N-` gets a 206 from `N`; without, the
+/// server ignores it and sends from 0 (as some registries and CDNs do). Each GET's `Range`
+/// header is recorded.
+pub async fn flaky_server(
+    body: Vec<u8>,
+    cuts: Vec<usize>,
+    ranges: bool,
+) -> (Raw, Arc<Mutex<Vec<Option<String>>>>) {
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let log = seen.clone();
+    let raw = raw_server(move |mut s, head| {
+        let (body, cuts, log) = (body.clone(), cuts.clone(), log.clone());
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let head = String::from_utf8_lossy(&head).to_string();
+            let range = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("range").then(|| v.trim().to_string())
+            });
+            let get = head.starts_with("GET ");
+            let n = {
+                let mut l = log.lock().expect("lock");
+                if get {
+                    l.push(range.clone());
+                }
+                l.len()
+            };
+            let len = body.len();
+            let from = match (&range, ranges) {
+                (Some(r), true) => r
+                    .trim_start_matches("bytes=")
+                    .trim_end_matches('-')
+                    .parse::<usize>()
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            let status = if from > 0 {
+                format!(
+                    "206 Partial Content\r\nContent-Range: bytes {from}-{}/{len}",
+                    len - 1
+                )
+            } else {
+                "200 OK".to_string()
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                len - from
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+            if !get {
+                return;
+            }
+            let cut = cuts.get(n - 1).copied().unwrap_or(len).max(from);
+            let _ = s.write_all(&body[from..cut]).await;
+            let _ = s.flush().await;
+            let _ = s.shutdown().await;
+        }
+    })
+    .await;
+    (raw, seen)
+}
+
+/// A loopback listener that reads each request's head, then hands the connection and the
+/// head to `respond`, which writes whatever (mis)behaviour the test needs.
 async fn raw_server<F, Fut>(respond: F) -> Raw
 where
-    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    F: Fn(tokio::net::TcpStream, Vec<u8>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -289,9 +353,9 @@ where
             };
             let (respond, counted) = (respond.clone(), counted.clone());
             tokio::spawn(async move {
-                if read_request_head(&mut s).await {
+                if let Some(head) = read_request_head(&mut s).await {
                     counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    respond(s).await;
+                    respond(s, head).await;
                 }
             });
         }
@@ -299,18 +363,18 @@ where
     Raw { port, requests }
 }
 
-/// Reads one request's head; false when the client went away first.
-async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
+/// Reads one request's head; `None` when the client went away first.
+async fn read_request_head(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     let mut b = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
         match s.read(&mut b).await {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&b[..n]),
         }
     }
-    true
+    Some(buf)
 }
 
 /// An HTTP(S) proxy that refuses everything and remembers what was asked of it. Clients are
