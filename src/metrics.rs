@@ -34,7 +34,8 @@ pub struct Metrics {
     pub fills_in_flight: IntGauge,
     /// `archway_fill_waiters_total`: requests that joined a fill already in progress.
     pub fill_waiters: IntCounter,
-    /// reason: digest_mismatch, size_mismatch, not_found, upstream
+    /// reason: digest_mismatch, size_mismatch, not_found, upstream, store (verified and
+    /// served, but the store would not take it)
     pub fill_failures: IntCounterVec,
     /// `archway_stale_serves_total`: tags served stale because the upstream failed.
     pub stale_serves: IntCounter,
@@ -163,7 +164,7 @@ impl Metrics {
                 "fill_waiters_total",
                 "Requests that joined a blob fill already in progress instead of fetching again.",
             ),
-            fill_failures: b.known("fill_failures_total", "Blob fills that cached nothing.", "reason", &["digest_mismatch", "size_mismatch", "not_found", "upstream"]),
+            fill_failures: b.known("fill_failures_total", "Blob fills that cached nothing.", "reason", &["digest_mismatch", "size_mismatch", "not_found", "upstream", "store"]),
             stale_serves: b.counter(
                 "stale_serves_total",
                 "Tags served from the last known manifest because the upstream failed.",

@@ -332,6 +332,7 @@ impl Blobs {
                         Error::DigestMismatch { .. } => "digest_mismatch",
                         Error::SizeMismatch { .. } => "size_mismatch",
                         Error::BlobUnknown(_) => "not_found",
+                        Error::Io { .. } | Error::Storage(_) => "store",
                         _ => "upstream",
                     };
                     metrics.fill_failures.with_label_values(&[reason]).inc();

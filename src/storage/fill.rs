@@ -77,8 +77,14 @@ pub enum Phase {
     /// Waiting for the upstream's response headers.
     Connecting,
     Streaming,
+    /// Every byte is in and the digest verified; being published in the store. Readers may
+    /// have every byte.
+    Verified,
     /// Verified and published in the store.
     Done,
+    /// Verified, but the store would not take it (disk full, a failed upload): readers
+    /// still get every byte; nothing is cached.
+    Unpublished(Arc<Error>),
     Failed(Arc<Error>),
 }
 
@@ -154,7 +160,9 @@ impl Fill {
                 Phase::Connecting => {}
                 Phase::Failed(e) => return Err(e),
                 Phase::Streaming => return Ok(p.size),
-                Phase::Done => return Ok(Some(p.written)),
+                Phase::Verified | Phase::Done | Phase::Unpublished(_) => {
+                    return Ok(Some(p.written))
+                }
             }
             if rx.changed().await.is_err() {
                 return Err(Arc::new(Error::Internal(
@@ -170,7 +178,7 @@ impl Fill {
         loop {
             let p = rx.borrow_and_update().clone();
             match p.phase {
-                Phase::Failed(e) => return Err(e),
+                Phase::Failed(e) | Phase::Unpublished(e) => return Err(e),
                 Phase::Done => return Ok(p.written),
                 _ => {}
             }
@@ -231,7 +239,7 @@ impl ReaderState {
                 }
                 Phase::Connecting => None,
                 Phase::Streaming => Some(false),
-                Phase::Done => Some(true),
+                Phase::Verified | Phase::Done | Phase::Unpublished(_) => Some(true),
             };
             if let Some(done) = done {
                 let end = self.end.or(if done { Some(p.written) } else { p.size });
@@ -384,9 +392,13 @@ impl Fills {
             let _guard = guard;
             let result = run(&store, &task_fill, &tx, source).await;
             tx.send_modify(|p| {
-                p.phase = match result {
-                    Ok(()) => Phase::Done,
-                    Err(e) => {
+                p.phase = match (result, &p.phase) {
+                    (Ok(()), _) => Phase::Done,
+                    (Err(e), Phase::Verified) => {
+                        tracing::warn!(digest = %task_fill.digest, error = %crate::causes::Chain(&e), "blob verified and served, but the store would not take it; nothing cached");
+                        Phase::Unpublished(Arc::new(e))
+                    }
+                    (Err(e), _) => {
                         tracing::warn!(digest = %task_fill.digest, error = %crate::causes::Chain(&e), "blob fill failed; nothing cached");
                         Phase::Failed(Arc::new(e))
                     }
@@ -449,7 +461,15 @@ where
         sink.abort().await;
         return Err(e);
     }
-    let written = sink.commit(size).await?;
+    let verified = tx.clone();
+    let written = sink
+        .commit_then(size, move |written| {
+            verified.send_modify(|p| {
+                p.written = written;
+                p.phase = Phase::Verified;
+            })
+        })
+        .await?;
     drop(hold);
     tx.send_modify(|p| p.written = written);
     tracing::info!(

@@ -114,6 +114,9 @@ impl BlobSink {
                     .create_new(true)
                     .open(&staged)
                     .map_err(|e| io("staging file", &staged, e))?;
+                // Held while the fill runs (it goes with the descriptor, also on SIGKILL):
+                // how a start-up tells a crashed fill's leftover from a running one.
+                let _ = file.try_lock();
                 let final_path = root.join(layout::blob(d).as_ref());
                 (
                     file,
@@ -206,7 +209,18 @@ impl BlobSink {
 
     /// Verifies the content and publishes it. On a mismatch nothing becomes visible and the
     /// error names both digests.
-    pub async fn commit(mut self, expected_size: Option<u64>) -> Result<u64> {
+    pub async fn commit(self, expected_size: Option<u64>) -> Result<u64> {
+        self.commit_then(expected_size, |_| {}).await
+    }
+
+    /// [`commit`](Self::commit), calling `verified` with the length once the digest and size
+    /// check out and before the content is published: readers may have every byte then,
+    /// while the publishing (an fsync, an upload's completion) goes on.
+    pub async fn commit_then(
+        mut self,
+        expected_size: Option<u64>,
+        verified: impl FnOnce(u64),
+    ) -> Result<u64> {
         let (actual, written) = match self.finish_writer().await {
             Ok(r) => r,
             Err(e) => {
@@ -231,20 +245,17 @@ impl BlobSink {
                 });
             }
         }
+        verified(written);
         match &mut self.target {
             Target::Local {
                 staged,
                 final_path,
                 published,
             } => {
-                if let Some(parent) = final_path.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
-                }
-                // rename(2) is atomic: readers see no file or the whole verified file.
-                std::fs::rename(&*staged, &*final_path).map_err(|e| {
-                    Error::io(format!("cannot publish {}", final_path.display()), e)
-                })?;
+                let (spool, from, to) = (self.spool.clone(), staged.clone(), final_path.clone());
+                tokio::task::spawn_blocking(move || publish_local(&spool, &from, &to))
+                    .await
+                    .map_err(|e| Error::Internal(format!("publishing stopped: {e}")))??;
                 *published = true;
             }
             Target::Multipart { writer, .. } => {
@@ -374,29 +385,96 @@ impl Drop for BlobSink {
     }
 }
 
-/// Removes staged files a crashed process left behind. Only old ones: another process may be
-/// filling into the same directory right now.
-pub(crate) fn clean_stale_staging(dir: &std::path::Path) {
+/// Puts a verified staged file in its place so that a power cut cannot leave it there
+/// half-written: its data reaches the disk before the rename, and the rename before the
+/// blob is reported cached (rename(2) is atomic: readers see no file or the whole file).
+fn publish_local(
+    spool: &std::fs::File,
+    staged: &std::path::Path,
+    final_path: &std::path::Path,
+) -> Result<()> {
+    spool
+        .sync_data()
+        .map_err(|e| Error::io(format!("cannot flush {} to disk", staged.display()), e))?;
+    let parent = final_path.parent();
+    if let Some(parent) = parent {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+    }
+    std::fs::rename(staged, final_path)
+        .map_err(|e| Error::io(format!("cannot publish {}", final_path.display()), e))?;
+    if let Some(dir) = parent.and_then(|p| std::fs::File::open(p).ok()) {
+        dir.sync_all()
+            .map_err(|e| Error::io(format!("cannot flush {} to disk", final_path.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Removes the staged files of fills that no process runs any more (a crash, a SIGKILL, a
+/// power cut): each running fill holds a lock on its file, so one that can be locked is a
+/// leftover. They are removed rather than resumed: a cold fill resumes from the upstream
+/// with `Range` anyway, and a leftover's bytes were never verified. Files touched in the
+/// last seconds are left alone: a fill locks its file just after creating it.
+pub(crate) fn clean_stale_staging(dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return 0;
     };
-    let cutoff = SystemTime::now() - Duration::from_secs(3600);
+    let fresh = SystemTime::now() - FRESH_STAGING;
+    let mut removed = 0;
     for e in entries.flatten() {
-        let old = e
+        let recent = e
             .metadata()
             .and_then(|m| m.modified())
-            .is_ok_and(|t| t < cutoff);
-        if old {
-            let _ = std::fs::remove_file(e.path());
+            .is_ok_and(|t| t > fresh);
+        if recent {
+            continue;
+        }
+        let Ok(f) = OpenOptions::new().read(true).write(true).open(e.path()) else {
+            continue;
+        };
+        if f.try_lock().is_ok() && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
         }
     }
+    if removed > 0 {
+        tracing::info!(dir = %dir.display(), files = removed, "removed the staged files of fills that ended with their process");
+    }
+    removed
 }
+
+/// How long a new staged file may go unlocked (it is locked right after it is created).
+const FRESH_STAGING: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{StorageConfig, StorageUrl};
     use futures_util::TryStreamExt;
+
+    #[test]
+    fn only_the_staged_files_of_ended_fills_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, age: u64| {
+            let p = dir.path().join(name);
+            let f = std::fs::File::create(&p).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(age))
+                .unwrap();
+            f
+        };
+        let _crashed = file("crashed", 120);
+        let running = file("running", 120);
+        running.try_lock().unwrap();
+        let _new = file("just-created", 0);
+        assert_eq!(clean_stale_staging(dir.path()), 1);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["just-created", "running"]);
+        drop(running);
+        assert_eq!(clean_stale_staging(dir.path()), 1, "its process ended");
+    }
 
     fn stores(dir: &std::path::Path) -> Vec<Store> {
         let spool = dir.join("spool");

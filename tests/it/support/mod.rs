@@ -152,13 +152,28 @@ pub async fn wait_metric(admin_port: u16, series: &str, at_least: f64, deadline:
     false
 }
 
+/// An error with its causes, for messages.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
+
 /// GETs a blob of `len` bytes whose fill fails after the upstream's headers arrived: archway
 /// has answered `200` with the whole length, streams what it got, and breaks the body off
 /// before the end, so the client never holds a complete body of unverified content. Returns
 /// how many bytes arrived.
 pub async fn broken_transfer(url: &str, len: usize) -> usize {
     use futures_util::StreamExt;
-    let r = http().get(url).send().await.expect("a response");
+    let r = http()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: no response: {}", crate::support::chain(&e)));
     assert_eq!(r.status(), 200, "{url}");
     assert_eq!(
         r.headers()["content-length"].to_str().unwrap(),
