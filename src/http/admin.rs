@@ -157,7 +157,21 @@ async fn handle<B>(registry: &Registry, req: &Request<B>) -> Response<Body> {
         // Bounded: object_store retries a failing backend for minutes, and a probe that
         // hangs is as good as a failed one.
         "/readyz" => match tokio::time::timeout(READY_TIMEOUT, registry.store.probe()).await {
-            Ok(Ok(())) => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+            // Still ready: what is cached is served, and new blobs stream through, uncached.
+            // Taking the replica out of service would leave a single one serving nothing.
+            Ok(Ok(())) => match registry.store.degraded() {
+                None => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+                Some((at, why)) => text(
+                    StatusCode::OK,
+                    format!(
+                        "ready, cache degraded since {}: {why}\n",
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_millis(at)
+                        )
+                    ),
+                    "text/plain",
+                ),
+            },
             Ok(Err(e)) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("object store not answering: {e}\n"),

@@ -105,6 +105,8 @@ pub struct Fill {
     /// Who started it (`upstream/repository`); other repositories must prove access first.
     pub origin: String,
     spool: OnceLock<Arc<std::fs::File>>,
+    /// How much of the blob the spool holds (`u64::MAX`: all; less once the disk filled).
+    spool_limit: OnceLock<Arc<std::sync::atomic::AtomicU64>>,
     /// The most recently written chunks, by offset: readers keeping up with the upstream take
     /// their bytes from here (a reference count, no copy) instead of reading the spool back.
     recent: Mutex<VecDeque<(u64, Bytes)>>,
@@ -269,7 +271,17 @@ impl ReaderState {
                         .get()
                         .cloned()
                         .ok_or_else(|| std::io::Error::other("fill has no spool"))?;
-                    let range = self.pos..limit.min(self.pos + READ_CHUNK as u64);
+                    let spooled = self
+                        .fill
+                        .spool_limit
+                        .get()
+                        .map_or(u64::MAX, |l| l.load(std::sync::atomic::Ordering::Acquire));
+                    if self.pos >= spooled {
+                        return Err(std::io::Error::other(
+                            "the cache disk would not take this blob, and this reader fell behind the bytes kept in memory",
+                        ));
+                    }
+                    let range = self.pos..limit.min(spooled).min(self.pos + READ_CHUNK as u64);
                     let chunk = read_at(spool, range).await?;
                     self.pos += chunk.len() as u64;
                     return Ok(Some(chunk));
@@ -376,6 +388,7 @@ impl Fills {
             digest: d.clone(),
             origin: origin.to_string(),
             spool: OnceLock::new(),
+            spool_limit: OnceLock::new(),
             recent: Mutex::new(VecDeque::new()),
             progress: rx,
         });
@@ -391,6 +404,13 @@ impl Fills {
         tokio::spawn(async move {
             let _guard = guard;
             let result = run(&store, &task_fill, &tx, source).await;
+            match &result {
+                Ok(()) => store.note_write_ok(),
+                Err(e @ (Error::Io { .. } | Error::Storage(_))) => {
+                    store.note_write_failure(&crate::causes::Chain(e).to_string())
+                }
+                Err(_) => {}
+            }
             tx.send_modify(|p| {
                 p.phase = match (result, &p.phase) {
                     (Ok(()), _) => Phase::Done,
@@ -435,6 +455,7 @@ where
         })
         .await?;
     let _ = fill.spool.set(sink.spool());
+    let _ = fill.spool_limit.set(sink.spool_limit());
     tx.send_modify(|p| {
         p.size = size;
         p.phase = Phase::Streaming;

@@ -109,6 +109,8 @@ pub struct Store {
     aborts_leave_parts: bool,
     /// Presigns URLs clients can read a blob at (S3, Azure).
     signer: Option<Arc<dyn Signer>>,
+    /// The last failure to cache a blob, until a later one is cached (`/readyz` says so).
+    write_failure: Arc<std::sync::Mutex<Option<(u64, String)>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -167,6 +169,7 @@ impl Store {
             spool_dir: cfg.spool_dir.clone(),
             aborts_leave_parts: false,
             signer: None,
+            write_failure: Default::default(),
         })
     }
 
@@ -191,6 +194,7 @@ impl Store {
             spool_dir: cfg.spool_dir.clone(),
             aborts_leave_parts,
             signer: Some(signer),
+            write_failure: Default::default(),
         }
     }
 
@@ -203,6 +207,7 @@ impl Store {
             spool_dir,
             aborts_leave_parts: false,
             signer: None,
+            write_failure: Default::default(),
         }
     }
 
@@ -238,6 +243,26 @@ impl Store {
     }
 
     /// Whether the object store answers now (a missing key is an answer).
+    /// A blob could not be cached for a reason of the store's (a full disk, a failed
+    /// upload): the cache is degraded until one is cached again.
+    pub fn note_write_failure(&self, why: &str) {
+        if let Ok(mut f) = self.write_failure.lock() {
+            *f = Some((crate::clock::now_millis(), why.to_string()));
+        }
+    }
+
+    /// A blob was cached: whatever failed before is over.
+    pub fn note_write_ok(&self) {
+        if let Ok(mut f) = self.write_failure.lock() {
+            *f = None;
+        }
+    }
+
+    /// When caching last failed and why, while no blob was cached since.
+    pub fn degraded(&self) -> Option<(u64, String)> {
+        self.write_failure.lock().ok().and_then(|f| f.clone())
+    }
+
     pub async fn probe(&self) -> Result<()> {
         match self.os.head(&Path::from("readyz-probe")).await {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),

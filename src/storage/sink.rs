@@ -9,6 +9,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -37,7 +38,10 @@ pub struct BlobSink {
     chunks: Option<mpsc::Sender<Bytes>>,
     /// Hashes and spools on the blocking pool, so reading the upstream, hashing and writing
     /// overlap instead of taking turns on one task.
-    writer: Option<JoinHandle<std::io::Result<(Digest, u64)>>>,
+    writer: Option<JoinHandle<Spooled>>,
+    /// How many bytes the spool holds when writing it failed (disk full); `u64::MAX` while
+    /// it holds them all. Readers behind that read the fill's memory or fail.
+    spool_limit: Arc<AtomicU64>,
     queued: u64,
     target: Target,
     meter: Arc<super::WriteMeter>,
@@ -47,13 +51,27 @@ pub struct BlobSink {
 const QUEUED_CHUNKS: usize = 16;
 
 /// Writes and hashes chunks as they come, reporting how much of the spool is written.
+/// What the writer thread saw: the digest and length of every byte, and why the spool
+/// stopped taking them, if it did.
+struct Spooled {
+    digest: Digest,
+    written: u64,
+    broken: Option<std::io::Error>,
+}
+
+/// Hashes every chunk and writes it to the spool. When the spool cannot be written (the disk
+/// is full) the bytes still count: they are hashed and reported, so readers at the live tail
+/// get them from the fill's memory and the digest is still checked at the end; only caching
+/// is given up.
 fn writer_loop(
     spool: Arc<std::fs::File>,
     mut hasher: Hasher,
     mut rx: mpsc::Receiver<Bytes>,
+    spool_limit: Arc<AtomicU64>,
     on_progress: impl Fn(u64, &[Bytes]),
-) -> std::io::Result<(Digest, u64)> {
+) -> Spooled {
     let mut written = 0u64;
+    let mut broken: Option<std::io::Error> = None;
     let mut batch = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -65,13 +83,24 @@ fn writer_loop(
         }
         for c in &batch {
             hasher.update(c);
-            (&*spool).write_all(c)?;
+            if broken.is_none() {
+                if let Err(e) = (&*spool).write_all(c) {
+                    // What a short write put in the file is not trusted either.
+                    spool_limit.store(written, Ordering::Release);
+                    tracing::warn!(error = %e, at = written, "cannot write the blob to the cache; streaming it on to its clients without caching it");
+                    broken = Some(e);
+                }
+            }
             written += c.len() as u64;
         }
         on_progress(written, &batch);
         batch.clear();
     }
-    Ok((hasher.finish(), written))
+    Spooled {
+        digest: hasher.finish(),
+        written,
+        broken,
+    }
 }
 
 enum Target {
@@ -158,12 +187,14 @@ impl BlobSink {
         let spool = Arc::new(spool);
         let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
         let hasher = Hasher::new(d.algorithm());
-        let file = spool.clone();
+        let (file, spool_limit) = (spool.clone(), Arc::new(AtomicU64::new(u64::MAX)));
+        let limit = spool_limit.clone();
         let writer =
-            tokio::task::spawn_blocking(move || writer_loop(file, hasher, rx, on_progress));
+            tokio::task::spawn_blocking(move || writer_loop(file, hasher, rx, limit, on_progress));
         Ok(BlobSink {
             digest: d.clone(),
             spool,
+            spool_limit,
             chunks: Some(tx),
             writer: Some(writer),
             queued: 0,
@@ -175,6 +206,11 @@ impl BlobSink {
     /// The spool that readers of the in-flight blob read with positional reads.
     pub fn spool(&self) -> Arc<std::fs::File> {
         self.spool.clone()
+    }
+
+    /// How much of the blob the spool holds: `u64::MAX` unless writing it failed.
+    pub fn spool_limit(&self) -> Arc<AtomicU64> {
+        self.spool_limit.clone()
     }
 
     /// Bytes handed to [`BlobSink::write`] so far.
@@ -221,7 +257,11 @@ impl BlobSink {
         expected_size: Option<u64>,
         verified: impl FnOnce(u64),
     ) -> Result<u64> {
-        let (actual, written) = match self.finish_writer().await {
+        let Spooled {
+            digest: actual,
+            written,
+            broken,
+        } = match self.finish_writer().await {
             Ok(r) => r,
             Err(e) => {
                 self.abort_now().await;
@@ -245,7 +285,26 @@ impl BlobSink {
                 });
             }
         }
-        verified(written);
+        // A multipart upload got every byte from `write`, not from the spool: it may still
+        // complete. Elsewhere the spool is what would be published.
+        if let (Some(e), false) = (broken, matches!(self.target, Target::Multipart { .. })) {
+            verified(written);
+            self.abort_now().await;
+            return Err(Error::io(
+                "the cache would not take the blob (it was served, not cached)",
+                e,
+            ));
+        }
+        // On local disk the readers go first: publishing there is flushing the file to disk,
+        // which the client need not wait for; a request arriving meanwhile joins the fill.
+        // Object stores publish first, so a client holding the whole blob finds it cached
+        // (and redirected) on its next request.
+        let mut verified = Some(verified);
+        if matches!(self.target, Target::Local { .. }) {
+            if let Some(v) = verified.take() {
+                v(written);
+            }
+        }
         match &mut self.target {
             Target::Local {
                 staged,
@@ -270,12 +329,15 @@ impl BlobSink {
                 upload_spool(&**os, &self.digest, &self.spool, written).await?;
             }
         }
+        if let Some(v) = verified.take() {
+            v(written);
+        }
         self.meter.add(written);
         Ok(written)
     }
 
     /// Closes the chunk queue and waits for the writer: the digest and length it saw.
-    async fn finish_writer(&mut self) -> Result<(Digest, u64)> {
+    async fn finish_writer(&mut self) -> Result<Spooled> {
         self.chunks = None;
         let writer = self
             .writer
@@ -283,8 +345,7 @@ impl BlobSink {
             .ok_or_else(|| Error::Internal("blob sink finished twice".into()))?;
         writer
             .await
-            .map_err(|e| Error::Internal(format!("the spool writer stopped: {e}")))?
-            .map_err(|e| Error::io("cannot write the spool", e))
+            .map_err(|e| Error::Internal(format!("the spool writer stopped: {e}")))
     }
 
     /// Discards everything written.

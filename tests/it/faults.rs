@@ -405,3 +405,56 @@ async fn a_fill_killed_with_sigkill_leaves_a_staged_file_the_next_start_removes(
     assert!(body == data, "fetched anew and verified");
     drop(lock);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_cache_disk_fills_mid_blob_clients_still_get_it_whole() {
+    let disk = crate::support::tmpfs::Tmpfs::mount("1m");
+    let up = crate::support::registry::Upstream::start().await;
+    let blob = crate::support::images::Blob::new(random_bytes(unique_seed(), 3 * 1024 * 1024));
+    crate::support::images::Pusher::new(&up.url(), None)
+        .blob("big/app", &blob)
+        .await;
+    let mut s = with_admin(&up.url());
+    s.storage_url = Some(format!("file://{}", disk.path().display()));
+    let aw = Archway::start(&s).await;
+    let url = format!("{}/v2/big/app/blobs/{}", aw.url(), blob.digest);
+    for round in 1..=2 {
+        let r = http().get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.expect("the whole body, not a cut one");
+        assert_eq!(
+            crate::support::images::sha256(&body),
+            blob.digest,
+            "round {round}: verified bytes"
+        );
+        // Nothing was cached: each round is a fill of its own.
+        assert_eq!(up.blob_gets("big/app", &blob.digest), round);
+        assert!(
+            wait_metric(
+                aw.admin(),
+                "archway_fill_failures_total{reason=\"store\"}",
+                round as f64,
+                Duration::from_secs(20)
+            )
+            .await
+        );
+    }
+    assert!(aw
+        .log_text()
+        .contains("streaming it on to its clients without caching it"));
+    let ready = http()
+        .get(format!("http://127.0.0.1:{}/readyz", aw.admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "still serving what it has");
+    let text = ready.text().await.unwrap();
+    assert!(
+        text.contains("cache degraded") && text.contains("No space left"),
+        "{text}"
+    );
+    let staged = std::fs::read_dir(disk.path().join(".staging"))
+        .unwrap()
+        .count();
+    assert_eq!(staged, 0, "the partial staged file is removed");
+}

@@ -13,6 +13,7 @@ pub mod registry;
 pub mod relay;
 pub mod s3;
 pub mod skopeo;
+pub mod tmpfs;
 
 use std::time::Duration;
 
