@@ -48,23 +48,48 @@ url = "$UP"
 hosts = ["upstream.test"]
 default = true
 EOF
-ARCHWAY_LOG=warn $ARCHWAY serve --config "$WORK/archway.toml" >"$WORK/archway.log" 2>&1 &
+# As it ships: logging at info, one access-log line per request, to a pipe's reader as
+# under a container runtime (here /dev/null, so the figures hold no disk writes).
+env -u ARCHWAY_LOG -u RUST_LOG $ARCHWAY serve --config "$WORK/archway.toml" >/dev/null 2>&1 &
 AW_PID=$!
 PIDS+=($AW_PID)
 AW=http://127.0.0.1:$AW_PORT
 wait_http "$AW/v2/"
+# The same cache served by a second process logging at warn: what the access log costs.
+AW_WARN_PORT=$(free_port)
+sed "s/127.0.0.1:$AW_PORT/127.0.0.1:$AW_WARN_PORT/" "$WORK/archway.toml" > "$WORK/archway-warn.toml"
+ARCHWAY_LOG=warn $ARCHWAY serve --config "$WORK/archway-warn.toml" >"$WORK/archway-warn.log" 2>&1 &
+PIDS+=($!)
+AW_WARN=http://127.0.0.1:$AW_WARN_PORT
+wait_http "$AW_WARN/v2/"
 rss() { awk '/VmRSS/ {print int($2/1024)}' /proc/$AW_PID/status; }
 RSS_IDLE=$(rss)
 
 # --- cold pulls: direct vs through archway, a fresh image each rep --------------------------
+# Pinned as in production, where the mirror shares no CPU with its clients: archway on core 1,
+# the upstream and the client on core 0 (in both the direct and the mirrored pull). `sync`
+# first, so writeback of the pushed fixture does not land inside the timed pull.
+PIN=$([ "$(nproc)" -ge 2 ] && echo yes || echo no)
+if [ "$PIN" = yes ]; then
+  taskset -pc 1 "$AW_PID" >/dev/null
+  for p in $(pgrep -f "docker-registry serve $WORK/registry.yml"); do taskset -pc 0 "$p" >/dev/null; done
+  CLIENT=(taskset -c 0 "$TOOL")
+else
+  CLIENT=("$TOOL")
+fi
 direct=(); through=()
 for i in $(seq "$REPS"); do
   $TOOL push "$UP" "cold/app$i" v1 1,10,50 >/dev/null
-  direct+=("$($TOOL pull "$UP" "cold/app$i" v1 | cut -d' ' -f1)")
-  through+=("$($TOOL pull "$AW" "cold/app$i" v1 | cut -d' ' -f1)")
+  sync
+  direct+=("$("${CLIENT[@]}" pull "$UP" "cold/app$i" v1 | cut -d' ' -f1)")
+  sync
+  through+=("$("${CLIENT[@]}" pull "$AW" "cold/app$i" v1 | cut -d' ' -f1)")
 done
 COLD_DIRECT=$(printf '%s\n' "${direct[@]}" | median)
 COLD_THROUGH=$(printf '%s\n' "${through[@]}" | median)
+# The load points below share both cores again.
+[ "$PIN" = yes ] && taskset -pc 0-$(($(nproc) - 1)) "$AW_PID" >/dev/null
+[ "$PIN" = yes ] && for p in $(pgrep -f "docker-registry serve $WORK/registry.yml"); do taskset -pc 0-$(($(nproc) - 1)) "$p" >/dev/null; done
 
 # --- 16 concurrent cold pulls of one image --------------------------------------------------
 mapfile -t HERD < <($TOOL push "$UP" herd/app v1 1,10,50)
@@ -132,6 +157,7 @@ PIDS+=($!)
 NG_TAG=$(point nginx "$NG/v2/bench/app/manifests/v1" 64 req)
 AW_TAG=$(point archway "$AW/v2/bench/app/manifests/v1" 64 req)
 AW_DIG=$(point archway "$AW/v2/bench/app/manifests/$MANIFEST_DIGEST" 64 req)
+AW_WARN_TAG=$(point archway-warn "$AW_WARN/v2/bench/app/manifests/v1" 64 req)
 NG_B8=$(point nginx "$NG/v2/bench/app/blobs/$BLOB" 8 mb)
 AW_B8=$(point archway "$AW/v2/bench/app/blobs/$BLOB" 8 mb)
 NG_B64=$(point nginx "$NG/v2/bench/app/blobs/$BLOB" 64 mb)
@@ -144,13 +170,14 @@ cat <<EOF
 |---|---|---|---|
 | cached manifest GET by tag, 64 conns (req/s) | $AW_TAG | $NG_TAG | $(ratio "$AW_TAG" "$NG_TAG") |
 | cached manifest GET by digest, 64 conns (req/s) | $AW_DIG | $NG_TAG | $(ratio "$AW_DIG" "$NG_TAG") |
+| cached manifest GET by tag, logging at warn, 64 conns (req/s) | $AW_WARN_TAG | $NG_TAG | $(ratio "$AW_WARN_TAG" "$NG_TAG") |
 | cached 50 MiB blob, 8 conns (MB/s) | $AW_B8 | $NG_B8 | $(ratio "$AW_B8" "$NG_B8") |
 | cached 50 MiB blob, 64 conns (MB/s) | $AW_B64 | $NG_B64 | $(ratio "$AW_B64" "$NG_B64") |
-| cold pull of a 61 MiB image (s) | $COLD_THROUGH | $COLD_DIRECT (direct) | $(ratio "$COLD_THROUGH" "$COLD_DIRECT") |
+| cold pull of a 61 MiB image, pinned=$PIN (s) | $COLD_THROUGH | $COLD_DIRECT (direct) | $(ratio "$COLD_THROUGH" "$COLD_DIRECT") |
 | 16 concurrent cold pulls: upstream GETs of the 50 MiB layer | $HERD_GETS | | |
 | 16 concurrent cold pulls: upstream blob GETs, all 4 blobs | $ALL_GETS | | |
 | 16 concurrent cold pulls: wall time (s) | $HERD_TIME | | |
 | archway RSS idle / max under load / after (MiB) | $RSS_IDLE / $RSS_MAX / $RSS_END | | |
 
-reps=$REPS duration=${DURATION}s cores=$(nproc) wrk -t2; archway logging at warn, nginx access_log off.
+reps=$REPS duration=${DURATION}s cores=$(nproc) wrk -t2; archway logging at info (access log on, to /dev/null) unless noted, nginx access_log off.
 EOF

@@ -35,6 +35,7 @@
 //! | 9 | `http` | the HTTP front: server, handlers, admin listener |
 //! | 10 | `live` | the running configuration, swapped on SIGHUP |
 //! | 11 | `server` | start-up, serving, shutdown |
+//! | 12 | `fuzz` | the fuzz targets' entry points (`fuzz/`), and the replay of their corpus |
 // One audited exception: the memory map of cache files in `storage` (see its SAFETY note).
 #![deny(unsafe_code)]
 
@@ -44,6 +45,8 @@ pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gc;
 pub mod hosted;
 pub mod http;

@@ -75,6 +75,11 @@ pub fn parse_htpasswd(text: &str) -> Result<HashMap<String, String>, String> {
         let (user, hash) = line
             .split_once(':')
             .ok_or_else(|| format!("line {}: not user:hash", i + 1))?;
+        // Found by the fuzzer: `:$2y$...` made a user with no name, whom a client could
+        // log in as with `Authorization: Basic <base64 of ":password">`.
+        if user.is_empty() {
+            return Err(format!("line {}: no user name before the ':'", i + 1));
+        }
         if !(hash.starts_with("$2a$") || hash.starts_with("$2b$") || hash.starts_with("$2y$")) {
             return Err(format!(
                 "line {}: user {user:?} does not have a bcrypt hash (create it with htpasswd -B)",
@@ -98,5 +103,8 @@ mod tests {
             .unwrap_err()
             .contains("bcrypt"));
         assert!(parse_htpasswd("nocolon").unwrap_err().contains("line 1"));
+        assert!(parse_htpasswd("a:$2y$04$x\n:$2y$04$abc")
+            .unwrap_err()
+            .contains("line 2: no user name"));
     }
 }

@@ -31,7 +31,8 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
         Some(Challenge::Basic)
     } else if scheme.eq_ignore_ascii_case("bearer") {
         Some(Challenge::Bearer {
-            realm: params.get("realm")?.clone(),
+            // An empty realm names no token endpoint: the challenge cannot be answered.
+            realm: params.get("realm").filter(|r| !r.is_empty())?.clone(),
             service: params.get("service").cloned(),
             scope: params.get("scope").cloned(),
         })
@@ -192,6 +193,11 @@ mod tests {
             })
         );
         assert_eq!(parse_challenge("Bearer service=x"), None);
+        assert_eq!(
+            parse_challenge("bearer realm=,service=x"),
+            None,
+            "found by the fuzzer"
+        );
         assert_eq!(parse_challenge("Negotiate abc"), None);
     }
 
