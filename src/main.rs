@@ -459,16 +459,8 @@ fn load(path: Option<&Path>) -> Result<Config, StartupError> {
     }
 }
 
-/// Logs to stderr through a writer thread, so a request never waits on the write(2) of its
-/// access-log line; the lines are never dropped (the queue blocks when full). The guard
-/// flushes what is queued when `main` returns.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("archway-log")
-        .finish(std::io::stderr());
     let filter = EnvFilter::try_from_env("ARCHWAY_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -477,16 +469,12 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(writer);
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    guard
 }
-
-/// Log lines queued for the writer thread at most; beyond, logging waits for it.
-const LOG_QUEUE_LINES: usize = 64 * 1024;
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -507,11 +495,12 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _log = (!matches!(
+    if !matches!(
         cli.command,
         Command::CheckConfig { .. } | Command::SigningKey { .. }
-    ))
-    .then(|| init_logging(cli.log_format));
+    ) {
+        init_logging(cli.log_format);
+    }
     let result = match &cli.command {
         Command::Serve { config } => serve(config.as_deref()),
         Command::CheckConfig { config } => check_config(config),

@@ -98,9 +98,14 @@ impl<T> Guarded<T> {
             header_timeout,
             idle_timeout,
             head_since: None,
-            timer: Box::pin(tokio::time::sleep(idle_timeout)),
+            timer: Box::pin(tokio::time::sleep(header_timeout.min(idle_timeout))),
         };
         (g, activity)
+    }
+
+    /// How often the deadlines are checked: the shorter of the two.
+    fn period(&self) -> Duration {
+        self.header_timeout.min(self.idle_timeout)
     }
 
     /// When the connection must have made progress by, with nothing in flight.
@@ -134,28 +139,31 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                this.activity.reader.register(cx.waker());
                 if this.activity.in_flight.load(Ordering::Acquire) > 0 {
                     // A request is being answered; its own limits apply, and the next head
                     // starts after it.
+                    this.activity.reader.register(cx.waker());
                     this.head_since = None;
                     return Poll::Pending;
                 }
-                let deadline = this.deadline();
-                if this.timer.deadline() != deadline {
-                    this.timer.as_mut().reset(deadline);
-                }
-                match this.timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
+                // The timer is a periodic check, re-armed only when it fires: moving it on
+                // every request would touch the runtime's timer wheel twice per request. A
+                // deadline is therefore noticed up to one period late.
+                while this.timer.as_mut().poll(cx).is_ready() {
+                    let now = Instant::now();
+                    let deadline = this.deadline();
+                    if now >= deadline {
                         let what = if this.head_since.is_some() {
                             "the request head did not arrive within server.header_timeout"
                         } else {
                             "no request within server.idle_timeout"
                         };
-                        Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)));
                     }
-                    Poll::Pending => Poll::Pending,
+                    let next = deadline.min(now + this.period());
+                    this.timer.as_mut().reset(next);
                 }
+                Poll::Pending
             }
         }
     }
