@@ -208,6 +208,14 @@ pub(super) fn parse_reference(s: &str) -> Result<Reference, Error> {
     })
 }
 
+/// The single byte range a request asks for; `None` for none, or one that is ignored.
+pub(super) fn requested_range<B>(req: &Request<B>) -> Option<range::RangeSpec> {
+    req.headers()
+        .get(RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(range::parse)
+}
+
 pub(super) fn header(s: &str) -> Result<HeaderValue, Error> {
     HeaderValue::from_str(s).map_err(|_| Error::Internal(format!("unsendable header value {s:?}")))
 }
@@ -258,11 +266,7 @@ async fn blob<B>(
         h.insert("docker-content-digest", digest_header);
         return Ok(r);
     }
-    let spec = req
-        .headers()
-        .get(RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(range::parse);
+    let spec = requested_range(req);
     let body = match registry.blob(route, d, spec).await? {
         BlobAnswer::Body(b) => b,
         BlobAnswer::Redirect { url, .. } => {

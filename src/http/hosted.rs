@@ -13,14 +13,15 @@ use hyper::body::Incoming;
 
 use super::endpoint::Endpoint;
 use super::errors::upload_range;
-use super::handlers::{blob_response, header, parse_read_reference, parse_reference, query_param};
+use super::handlers::{
+    blob_response, header, parse_read_reference, parse_reference, query_param, requested_range,
+};
 use super::{empty, full, Body};
 use crate::error::{Error, Result};
 use crate::hosted::uploads::{self, ChunkRange};
 use crate::hosted::Repo;
 use crate::oci::manifest::MAX_MANIFEST_SIZE;
 use crate::oci::{cosign, Digest, Reference, RepoName};
-use crate::range;
 use crate::registry::{BlobBody, Provenance, Registry};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -258,11 +259,7 @@ async fn blob(
         h.insert("docker-content-digest", header(&d.to_string())?);
         return Ok(r);
     }
-    let spec = req
-        .headers()
-        .get(RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(range::parse);
+    let spec = requested_range(req);
     let range = match spec {
         Some(s) => Some(s.resolve(size).ok_or(Error::RangeInvalid { size })?),
         None => None,

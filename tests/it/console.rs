@@ -13,16 +13,7 @@ use crate::support::{htpasswd, http, oci_error, random_bytes, skopeo, unique_see
 const MISSING: &str = "\"linux/mips64le\" = \"docker.io/thinklab/go-hello-world:mips64le-{tag}\"\n";
 
 async fn coverage_json(aw: &Archway, query: &str) -> Value {
-    let r = http()
-        .get(format!(
-            "http://127.0.0.1:{}/coverage.json{query}",
-            aw.admin()
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    crate::support::admin_json(aw.admin(), &format!("/coverage.json{query}")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

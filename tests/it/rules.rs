@@ -177,14 +177,7 @@ async fn below_min_remaining_expired_tags_are_served_from_cache_without_spending
     let m = |u: &str| format!("archway_upstream_ratelimit_remaining{{upstream=\"{u}\"}}");
     assert_eq!(metric(aw.admin(), &m("low")).await, Some(3.0));
     assert_eq!(metric(aw.admin(), &m("ok")).await, Some(50.0));
-    let c: serde_json::Value = http()
-        .get(format!("http://127.0.0.1:{}/coverage.json", aw.admin()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let c = crate::support::admin_json(aw.admin(), "/coverage.json").await;
     let status = |name: &str| {
         c["upstreams"]
             .as_array()

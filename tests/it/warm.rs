@@ -200,14 +200,7 @@ fn blob_gets(up: &Upstream, repo: &str, img: &Image) -> Vec<usize> {
 async fn job(aw: &Archway, id: &str) -> Value {
     let start = std::time::Instant::now();
     loop {
-        let r: Value = http()
-            .get(format!("http://127.0.0.1:{}/warm/{id}", aw.admin()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = crate::support::admin_json(aw.admin(), &format!("/warm/{id}")).await;
         if r["state"] != "running" {
             return r;
         }

@@ -117,6 +117,20 @@ pub async fn oci_error(r: reqwest::Response) -> (u16, String) {
     (status, code)
 }
 
+/// A JSON document from an admin listener (`/coverage.json`, `/warm/<id>`), which must
+/// answer it with 200.
+pub async fn admin_json(admin_port: u16, path: &str) -> serde_json::Value {
+    let r = http()
+        .get(format!("http://127.0.0.1:{admin_port}{path}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {}", chain(&e)));
+    assert_eq!(r.status(), 200, "{path}");
+    r.json()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: not JSON: {}", chain(&e)))
+}
+
 /// The value of one series on an admin listener's `/metrics`, e.g.
 /// `archway_gc_runs_total{outcome="ok"}`; `None` while it is absent.
 pub async fn metric(admin_port: u16, series: &str) -> Option<f64> {
