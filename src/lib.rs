@@ -24,7 +24,7 @@
 //! | rank | modules | what they hold |
 //! |---|---|---|
 //! | 0 | `oci` `clock` `causes` `range` `singleflight` | OCI types and grammar; time; error chains; byte ranges; call merging |
-//! | 1 | `tls` `signing` `metrics` | certificates; archway's signing key; Prometheus metrics |
+//! | 1 | `tls` `signing` `metrics` `logging` | certificates; archway's signing key; Prometheus metrics; the log output |
 //! | 2 | `config` | the validated TOML configuration |
 //! | 3 | `upstream` | the client for upstream registries |
 //! | 4 | `error` | the errors a request can end in |
@@ -51,6 +51,7 @@ pub mod gc;
 pub mod hosted;
 pub mod http;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod oci;
 pub mod range;

@@ -459,23 +459,6 @@ fn load(path: Option<&Path>) -> Result<Config, StartupError> {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ARCHWAY_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour only for a person at a terminal: escape codes in a file or a log collector
-    // are noise.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -499,7 +482,10 @@ fn main() -> ExitCode {
         cli.command,
         Command::CheckConfig { .. } | Command::SigningKey { .. }
     ) {
-        init_logging(cli.log_format);
+        archway::logging::init(match cli.log_format {
+            LogFormat::Text => archway::logging::Format::Text,
+            LogFormat::Json => archway::logging::Format::Json,
+        });
     }
     let result = match &cli.command {
         Command::Serve { config } => serve(config.as_deref()),

@@ -45,21 +45,23 @@ pub fn parse(path: &str) -> Endpoint<'_> {
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Endpoint::Tags { name };
     }
-    // Uploads: /v2/<name>/blobs/uploads/ and /v2/<name>/blobs/uploads/<id>
-    if let Some(i) = rest.find("/blobs/uploads") {
-        let after = &rest[i + "/blobs/uploads".len()..];
-        if after.is_empty() || after.starts_with('/') {
-            let id = after.trim_start_matches('/');
-            return Endpoint::Upload {
-                name: &rest[..i],
-                id: (!id.is_empty()).then_some(id),
-            };
-        }
-    }
-    // The name may itself contain "manifests" or "blobs" components, so split from the end.
+    // The name may itself contain "manifests", "blobs" or "uploads" components, so split
+    // from the end, as distribution's routes match (an upload id has no slash).
     let Some((head, last)) = rest.rsplit_once('/') else {
         return Endpoint::NotFound;
     };
+    // Uploads: /v2/<name>/blobs/uploads, /v2/<name>/blobs/uploads/ and .../uploads/<id>
+    if let Some(name) = head.strip_suffix("/blobs/uploads") {
+        return Endpoint::Upload {
+            name,
+            id: (!last.is_empty()).then_some(last),
+        };
+    }
+    if last == "uploads" {
+        if let Some(name) = head.strip_suffix("/blobs") {
+            return Endpoint::Upload { name, id: None };
+        }
+    }
     match head.rsplit_once('/') {
         Some((name, "manifests")) => Endpoint::Manifest {
             name,
@@ -120,6 +122,28 @@ mod tests {
             Endpoint::Upload {
                 name: "a",
                 id: Some("1234-5678")
+            }
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/uploads"),
+            Endpoint::Upload {
+                name: "a",
+                id: None
+            }
+        );
+        // A repository whose name has "blobs/uploads" components is still a repository.
+        assert_eq!(
+            parse("/v2/x/blobs/uploads/y/manifests/v1"),
+            Endpoint::Manifest {
+                name: "x/blobs/uploads/y",
+                reference: "v1"
+            }
+        );
+        assert_eq!(
+            parse("/v2/x/blobs/uploads/y/blobs/uploads/1"),
+            Endpoint::Upload {
+                name: "x/blobs/uploads/y",
+                id: Some("1")
             }
         );
         assert_eq!(parse("/v2/_catalog"), Endpoint::Catalog);

@@ -22,6 +22,8 @@ use crate::range;
 use crate::registry::{BlobAnswer, BlobBody, Registry};
 use crate::routing::Route;
 
+const DOCKER_CONTENT_DIGEST: http::HeaderName =
+    http::HeaderName::from_static("docker-content-digest");
 const API_VERSION: HeaderValue = HeaderValue::from_static("registry/2.0");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const OCTET_STREAM: HeaderValue = HeaderValue::from_static("application/octet-stream");
@@ -238,14 +240,16 @@ async fn manifest<B>(
         .manifest_for_client(route, reference, &accept, ua)
         .await?;
     let m = served.value;
-    let digest = m.digest.to_string();
+    let values = m
+        .headers()
+        .ok_or_else(|| Error::Internal(format!("unsendable media type {:?}", m.media_type)))?;
     let mut r = Response::new(if head { empty() } else { full(m.bytes.clone()) });
     r.extensions_mut().insert(served.provenance);
     let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, header(&m.media_type)?);
+    h.insert(CONTENT_TYPE, values.content_type.clone());
     h.insert(CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
-    h.insert(ETAG, header(&format!("\"{digest}\""))?);
-    h.insert("docker-content-digest", header(&digest)?);
+    h.insert(ETAG, values.etag.clone());
+    h.insert(DOCKER_CONTENT_DIGEST, values.digest.clone());
     Ok(r)
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP front: the accept loop, one task per connection (HTTP/1.1 and h2c, or TLS with
 //! ALPN), graceful shutdown, and the per-request log line and metrics around the handlers.
 
+mod access;
 pub mod admin;
 mod client_auth;
 mod conn;
@@ -201,12 +202,13 @@ async fn respond(
     req: Request<Incoming>,
     peer: std::net::SocketAddr,
 ) -> Response<Body> {
+    use http_body::Body as _;
     let started = Instant::now();
     let id = request_id();
     let (method, uri) = (req.method().clone(), req.uri().clone());
     let mut resp = handlers::handle(front, req, peer.ip()).await;
     if let Ok(v) = http::HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(X_REQUEST_ID, v);
     }
     let elapsed = started.elapsed();
     let route = handlers::route_label(uri.path());
@@ -217,20 +219,30 @@ async fn respond(
     m.request_duration
         .with_label_values(&[route, method.as_str()])
         .observe(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "archway::access",
-        id = %id,
-        peer = %peer,
-        method = %method,
-        path = %uri,
-        status = resp.status().as_u16(),
-        bytes = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-"),
-        ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
-        cache = %resp.extensions().get::<Provenance>().map_or("-", |p| p.as_str()),
-        "request"
-    );
+    if access::enabled() {
+        let bytes = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or_else(|| resp.body().size_hint().exact());
+        access::write(&access::Entry {
+            id: &id,
+            peer,
+            method: method.as_str(),
+            path: uri.path_and_query().map_or(uri.path(), |p| p.as_str()),
+            status: resp.status().as_u16(),
+            bytes,
+            elapsed,
+            cache: resp
+                .extensions()
+                .get::<Provenance>()
+                .map_or("-", |p| p.as_str()),
+        });
+    }
     resp
 }
+
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// A request id unique across restarts and replicas without a syscall per request: a random
 /// per-process prefix and a counter.
@@ -240,7 +252,13 @@ fn request_id() -> String {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());
-    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+    let mut num = [0u8; 20];
+    let n = crate::logging::decimal(NEXT.fetch_add(1, Ordering::Relaxed), &mut num);
+    let mut id = String::with_capacity(prefix.len() + 1 + n.len());
+    id.push_str(prefix);
+    id.push('-');
+    id.push_str(n);
+    id
 }
 
 /// A body of bytes held in memory.

@@ -172,11 +172,11 @@ mod tests {
         let upstreams = testing::upstreams(&["hub", "quay"]);
         let links = Links::new(store.clone(), upstreams.clone(), None);
         let (a, b) = (route(0, "team/a"), route(0, "team/b"));
-        let m = Manifest {
-            digest: Digest::sha256_of(b"m"),
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            bytes: bytes::Bytes::from_static(b"m"),
-        };
+        let m = Manifest::new(
+            Digest::sha256_of(b"m"),
+            "application/vnd.oci.image.manifest.v1+json".into(),
+            bytes::Bytes::from_static(b"m"),
+        );
         let blob = Digest::sha256_of(b"layer");
         links
             .link_blobs(&a, &[(blob.clone(), 5)], &Arc::new(a.clone()))

@@ -4,7 +4,7 @@
 //! A fresh tag whose manifest is in memory is answered without the store or the upstream:
 //! that is the hot path of a cached pull.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -33,6 +33,46 @@ pub struct Manifest {
     pub media_type: String,
     /// Exactly as the upstream sent them, or as built here for a synthesized index.
     pub bytes: Bytes,
+    /// Built on the first answer and shared by the rest: a cached manifest is answered
+    /// thousands of times a second, and formatting its digest twice per answer was a
+    /// measurable share of one.
+    headers: OnceLock<Option<ManifestHeaders>>,
+}
+
+/// The response headers that depend on nothing but the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHeaders {
+    pub content_type: http::HeaderValue,
+    /// `"<digest>"`: manifests are content-addressed, so the digest is the entity tag.
+    pub etag: http::HeaderValue,
+    /// `Docker-Content-Digest`.
+    pub digest: http::HeaderValue,
+}
+
+impl Manifest {
+    pub fn new(digest: Digest, media_type: String, bytes: Bytes) -> Manifest {
+        Manifest {
+            digest,
+            media_type,
+            bytes,
+            headers: OnceLock::new(),
+        }
+    }
+
+    /// Its response headers; `None` when the media type cannot be sent as a header value
+    /// (an upstream's, with bytes a header may not hold).
+    pub fn headers(&self) -> Option<&ManifestHeaders> {
+        self.headers
+            .get_or_init(|| {
+                let digest = self.digest.to_string();
+                Some(ManifestHeaders {
+                    content_type: http::HeaderValue::from_str(&self.media_type).ok()?,
+                    etag: http::HeaderValue::from_str(&format!("\"{digest}\"")).ok()?,
+                    digest: http::HeaderValue::from_str(&digest).ok()?,
+                })
+            })
+            .as_ref()
+    }
 }
 
 type Answer = Result<Served<Arc<Manifest>>>;
@@ -269,11 +309,7 @@ impl Manifests {
             tracing::warn!(digest = %d, "cached manifest does not match its digest; refetching");
             return Ok(None);
         }
-        let m = Arc::new(Manifest {
-            digest: d.clone(),
-            media_type: media_type.to_string(),
-            bytes,
-        });
+        let m = Arc::new(Manifest::new(d.clone(), media_type.to_string(), bytes));
         self.bytes.insert(d.clone(), m.clone()).await;
         Ok(Some(m))
     }
@@ -326,11 +362,11 @@ impl Manifests {
         self.store
             .put_verified(&digest, fetched.bytes.clone())
             .await?;
-        let m = Arc::new(Manifest {
-            digest: digest.clone(),
-            media_type: refs.media_type,
-            bytes: fetched.bytes,
-        });
+        let m = Arc::new(Manifest::new(
+            digest.clone(),
+            refs.media_type,
+            fetched.bytes,
+        ));
         // Linked after its blobs: whoever finds the link finds them linked too.
         let own = Arc::new(route.clone());
         self.links.link_blobs(route, &refs.blobs, &own).await?;

@@ -303,11 +303,11 @@ impl Signatures {
         }
         let own = Arc::new(route.clone());
         self.links.link_blobs(route, &linked, &own).await?;
-        let m = Arc::new(Manifest {
-            digest: Digest::sha256_of(&manifest),
-            media_type: OCI_MANIFEST.to_string(),
-            bytes: manifest.into(),
-        });
+        let m = Arc::new(Manifest::new(
+            Digest::sha256_of(&manifest),
+            OCI_MANIFEST.to_string(),
+            manifest.into(),
+        ));
         self.store.put_verified(&m.digest, m.bytes.clone()).await?;
         self.links.link_manifest(route, &m, route).await?;
         self.manifests.remember(m.clone()).await;

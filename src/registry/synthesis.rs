@@ -252,11 +252,11 @@ impl Synthesis {
             ));
         }
         let (media_type, bytes) = index::build(&base.entries, base.annotations.as_ref());
-        let index = Arc::new(Manifest {
-            digest: Digest::sha256_of(&bytes),
+        let index = Arc::new(Manifest::new(
+            Digest::sha256_of(&bytes),
             media_type,
-            bytes: bytes.into(),
-        });
+            bytes.into(),
+        ));
         self.store_index(route, &index, &admitted).await?;
         self.vouch(route, &index, &base, &admitted).await?;
         self.metrics.synthesized.inc();

@@ -469,6 +469,9 @@ impl Store {
 /// Blobs at least this large are sent from memory maps of the cache file.
 const MAP_AT_LEAST: u64 = 1024 * 1024;
 
+/// Spool reads at least this large are mapped (see `fill::read_at`).
+const MAP_AT_LEAST_SPOOL: u64 = 64 * 1024;
+
 /// Each map covers this much of the file. A response holds at most a few windows, so a
 /// process serving many large blobs does not map (and count in its RSS) whole files.
 const MAP_WINDOW: u64 = 512 * 1024;
@@ -481,7 +484,9 @@ fn map_window(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<By
     // SAFETY: a mapped file truncated while mapped would fault on access. Cache files are
     // never modified in place: a blob is written under .staging/, renamed into place once
     // verified, and afterwards only unlinked (eviction), which leaves existing mappings
-    // intact. Callers keep `offset + len` within the size the file had when opened.
+    // intact. Spool files are only appended to, then renamed or unlinked. Callers keep
+    // `offset + len` within the size the file had when opened (for a spool: what its
+    // writer reported written).
     let map = unsafe {
         memmap2::MmapOptions::new()
             .offset(offset)
