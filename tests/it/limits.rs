@@ -1,6 +1,8 @@
 //! What hostile or careless clients may hold of the registry listener: heads dripped byte by
 //! byte are cut at `server.header_timeout`, oversized heads get 431, thousands of idle
-//! connections leave room for real requests, and `server.max_connections` holds.
+//! connections leave room for real requests, `server.max_connections` holds, and HTTP/2
+//! connections are bounded in streams and header size and closed when they reset streams
+//! as fast as they open them (rapid reset, CVE-2023-44487).
 
 use std::time::Duration;
 
@@ -196,5 +198,95 @@ async fn connections_with_no_request_are_closed_after_the_idle_timeout() {
             .unwrap_or(0);
         assert_eq!(n, 0, "{name}: closed without a response");
     }
+    base_ok(&aw).await;
+}
+
+/// HTTP/2 with prior knowledge over cleartext (the listener detects the preface), the
+/// connection driven on its own task.
+async fn h2_connect(
+    aw: &Archway,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(("127.0.0.1", aw.port)).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    (client, tokio::spawn(conn))
+}
+
+fn h2_get(aw: &Archway, extra: Option<(&str, String)>) -> http::Request<()> {
+    let mut r = http::Request::get(format!("http://127.0.0.1:{}/v2/", aw.port))
+        .body(())
+        .unwrap();
+    if let Some((name, value)) = extra {
+        r.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(&value).unwrap(),
+        );
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_bounds_streams_and_headers_and_closes_rapid_reset_connections() {
+    let (_up, s) = settings("").await;
+    let aw = Archway::start(&s).await;
+
+    // The stream bound is announced in the server's SETTINGS (hyper's own default is 200).
+    let (client, _conn) = h2_connect(&aw).await;
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client.send_request(h2_get(&aw, None), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    assert_eq!(client.current_max_send_streams(), 256);
+
+    // Header lists: 16 KiB is served, 80 KiB is refused (server.max_header_bytes, 32 KiB).
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client
+        .send_request(h2_get(&aw, Some(("x-big", "a".repeat(16 * 1024)))), true)
+        .unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    let mut client = client.ready().await.unwrap();
+    let (resp, _) = client
+        .send_request(h2_get(&aw, Some(("x-big", "a".repeat(80 * 1024)))), true)
+        .unwrap();
+    let status = resp.await.map(|r| r.status().as_u16());
+    assert!(
+        matches!(status, Ok(431)) || status.as_ref().is_err_and(|e| e.is_reset()),
+        "an 80 KiB header list must be refused: {status:?}"
+    );
+
+    // Rapid reset: every stream cancelled as soon as it is opened. The connection is ended
+    // with GOAWAY ENHANCE_YOUR_CALM long before the client runs out of streams to open.
+    let (mut client, conn) = h2_connect(&aw).await;
+    let mut opened = 0u32;
+    while opened < 100_000 {
+        client = match client.ready().await {
+            Ok(c) => c,
+            Err(_) => break,
+        };
+        match client.send_request(h2_get(&aw, None), true) {
+            Ok((_resp, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                opened += 1;
+            }
+            Err(_) => break,
+        }
+        // Let the connection task write (and read the GOAWAY) between bursts.
+        if opened % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(30), conn)
+        .await
+        .expect("the attacking connection is ended")
+        .unwrap();
+    let e = ended.expect_err("the server ends the connection with an error");
+    assert_eq!(
+        e.reason(),
+        Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "after {opened} reset streams: {e}"
+    );
+    assert!(opened < 100_000, "the connection was ended early: {opened}");
+    // Everyone else is still served.
     base_ok(&aw).await;
 }
