@@ -8,6 +8,11 @@
 //! benchtool herd URL REPO TAG N                N concurrent pulls; prints seconds for all
 //! benchtool fetch URL DIGEST N C               N verified GETs, C at a time (following
 //!                                              redirects); prints MB/s
+//! benchtool soak URL PREFIX IMAGES CLIENTS SECONDS
+//!                                              CLIENTS clients, each with its own
+//!                                              connections, pulling PREFIX0..PREFIX<IMAGES-1>
+//!                                              (tag v1) in a random order until SECONDS
+//!                                              pass; prints pulls, errors and latencies
 //! ```
 
 use std::sync::Arc;
@@ -105,6 +110,114 @@ async fn push(url: &str, repo: &str, tag: &str, mibs: &str) -> Res<()> {
     Ok(())
 }
 
+/// Latencies in microseconds, and errors, of one soak client.
+#[derive(Default)]
+struct SoakStats {
+    manifests: Vec<u32>,
+    blobs: Vec<u32>,
+    pulls: Vec<u32>,
+    errors: Vec<String>,
+}
+
+/// One pull as `pull` does it, timing each request.
+async fn timed_pull(c: &reqwest::Client, url: &str, repo: &str, st: &mut SoakStats) -> Res<()> {
+    let started = Instant::now();
+    let r = c
+        .get(format!("{url}/v2/{repo}/manifests/v1"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        return Err(format!("{repo} manifest: {}", r.status()).into());
+    }
+    let m: Value = serde_json::from_slice(&r.bytes().await?)?;
+    st.manifests.push(started.elapsed().as_micros() as u32);
+    let mut digests = vec![m["config"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()];
+    for l in m["layers"].as_array().into_iter().flatten() {
+        digests.push(l["digest"].as_str().unwrap_or_default().to_string());
+    }
+    let sem = Arc::new(tokio::sync::Semaphore::new(3));
+    let mut tasks = Vec::new();
+    for d in digests {
+        let (c, sem) = (c.clone(), sem.clone());
+        let u = format!("{url}/v2/{repo}/blobs/{d}");
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await?;
+            let t = Instant::now();
+            get_verified(&c, u, &d).await?;
+            Res::Ok(t.elapsed().as_micros() as u32)
+        }));
+    }
+    for t in tasks {
+        st.blobs.push(t.await??);
+    }
+    st.pulls.push(started.elapsed().as_micros() as u32);
+    Ok(())
+}
+
+async fn soak(url: &str, prefix: &str, images: usize, clients: usize, secs: u64) -> Res<()> {
+    let until = Instant::now() + std::time::Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let (url, prefix) = (url.to_string(), prefix.to_string());
+        tasks.push(tokio::spawn(async move {
+            let c = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .unwrap_or_default();
+            let mut st = SoakStats::default();
+            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            while Instant::now() < until {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let repo = format!("{prefix}{}", x as usize % images);
+                if let Err(e) = timed_pull(&c, &url, &repo, &mut st).await {
+                    st.errors.push(e.to_string());
+                }
+            }
+            st
+        }));
+    }
+    let mut all = SoakStats::default();
+    for t in tasks {
+        let st = t.await?;
+        all.manifests.extend(st.manifests);
+        all.blobs.extend(st.blobs);
+        all.pulls.extend(st.pulls);
+        all.errors.extend(st.errors);
+    }
+    let pct = |v: &mut Vec<u32>, p: f64| -> f64 {
+        v.sort_unstable();
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+            .map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    println!("pulls {}", all.pulls.len());
+    println!("requests {}", all.manifests.len() + all.blobs.len());
+    println!("errors {}", all.errors.len());
+    for (name, v) in [
+        ("manifest", &mut all.manifests),
+        ("blob", &mut all.blobs),
+        ("pull", &mut all.pulls),
+    ] {
+        println!(
+            "{name}_ms p50 {:.1} p99 {:.1} max {:.1}",
+            pct(v, 0.5),
+            pct(v, 0.99),
+            pct(v, 1.0)
+        );
+    }
+    all.errors.sort();
+    all.errors.dedup();
+    for e in all.errors.iter().take(5) {
+        println!("error: {e}");
+    }
+    Ok(())
+}
+
 async fn get_verified(c: &reqwest::Client, url: String, digest: &str) -> Res<usize> {
     let r = c.get(&url).send().await?;
     if !r.status().is_success() {
@@ -167,6 +280,16 @@ async fn main() -> Res<()> {
             let n = pull(&c, arg(2), arg(3), arg(4)).await?;
             println!("{:.4} {n}", t.elapsed().as_secs_f64());
             Ok(())
+        }
+        "soak" => {
+            soak(
+                arg(2),
+                arg(3),
+                arg(4).parse()?,
+                arg(5).parse()?,
+                arg(6).parse()?,
+            )
+            .await
         }
         "herd" => {
             let n: usize = arg(5).parse()?;
