@@ -272,7 +272,7 @@ async fn http2_bounds_streams_and_headers_and_closes_rapid_reset_connections() {
             Err(_) => break,
         }
         // Let the connection task write (and read the GOAWAY) between bursts.
-        if opened % 64 == 0 {
+        if opened.is_multiple_of(64) {
             tokio::task::yield_now().await;
         }
     }
