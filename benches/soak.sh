@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Soak: about 1,000 concurrent clients pulling 50 images through archway for 5 minutes, a
-# mix of cached and cold pulls (the cache is bounded below the images' total, so evicted
-# images are fetched again), every blob verified by the client. Everything on 127.0.0.1.
+# mix of cached and cold pulls (a fresh image is pushed to the upstream every second and one
+# pull in 8 takes the newest; the cache is bounded below the images' total, so images idle
+# for longer than gc_min_age are evicted and fetched again), every blob verified by the
+# client. Everything on 127.0.0.1.
 #
 #   benches/soak.sh                          # 1000 clients, 50 images, 300 s
 #   CLIENTS=200 DURATION=60 benches/soak.sh  # a shorter run
@@ -61,9 +63,9 @@ ANON_IDLE=$(anon)
 # Anonymous memory every second while the soak runs.
 ( s=0; while kill -0 "$AW_PID" 2>/dev/null; do echo "$s $(anon)" >> "$WORK/anon"; s=$((s + 1)); sleep 1; done ) &
 PIDS+=($!)
-BEFORE=$(grep -c '"GET /v2/soak/app[0-9]*/blobs/' "$WORK/registry.log" || true)
-$TOOL soak "$AW" soak/app "$IMAGES" "$CLIENTS" "$DURATION" > "$WORK/soak.out"
-AFTER=$(grep -c '"GET /v2/soak/app[0-9]*/blobs/' "$WORK/registry.log" || true)
+BEFORE=$(grep -c '"GET /v2/soak/app[a-z0-9]*/blobs/' "$WORK/registry.log" || true)
+$TOOL soak "$AW" soak/app "$IMAGES" "$CLIENTS" "$DURATION" "$UP" > "$WORK/soak.out"
+AFTER=$(grep -c '"GET /v2/soak/app[a-z0-9]*/blobs/' "$WORK/registry.log" || true)
 ANON_END=$(anon)
 val() { awk -v k="$1" -v f="$2" '$1 == k {print $f}' "$WORK/soak.out"; }
 WARNINGS=$(grep -c ' WARN \| ERROR ' "$WORK/archway.log" || true)
@@ -81,7 +83,8 @@ cat <<MD
 | manifest GET p50 / p99 / max (ms) | $(val manifest_ms 3) / $(val manifest_ms 5) / $(val manifest_ms 7) |
 | blob GET p50 / p99 / max (ms) | $(val blob_ms 3) / $(val blob_ms 5) / $(val blob_ms 7) |
 | whole pull p50 / p99 / max (ms) | $(val pull_ms 3) / $(val pull_ms 5) / $(val pull_ms 7) |
-| upstream blob GETs during the soak (cold fills) | $((AFTER - BEFORE)) |
+| fresh images pushed to the upstream during the soak (one pull in 8 takes the newest) | $(val fresh 2) |
+| upstream blob GETs during the soak (cold fills: 4 per fresh or evicted image) | $((AFTER - BEFORE)) |
 | archway warnings and errors logged | $WARNINGS |
 | archway anonymous memory idle / max / after (MiB) | $ANON_IDLE / $ANON_MAX / $ANON_END |
 | archway anonymous memory, the most of each minute (MiB) | $PER_MINUTE |

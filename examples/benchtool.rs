@@ -8,11 +8,14 @@
 //! benchtool herd URL REPO TAG N                N concurrent pulls; prints seconds for all
 //! benchtool fetch URL DIGEST N C               N verified GETs, C at a time (following
 //!                                              redirects); prints MB/s
-//! benchtool soak URL PREFIX IMAGES CLIENTS SECONDS
+//! benchtool soak URL PREFIX IMAGES CLIENTS SECONDS UPSTREAM
 //!                                              CLIENTS clients, each with its own
 //!                                              connections, pulling PREFIX0..PREFIX<IMAGES-1>
 //!                                              (tag v1) in a random order until SECONDS
-//!                                              pass; prints pulls, errors and latencies
+//!                                              pass, one pull in 8 the newest of the fresh
+//!                                              images pushed to UPSTREAM every second (cold
+//!                                              fills joined by many); prints pulls, errors
+//!                                              and latencies
 //! ```
 
 use std::sync::Arc;
@@ -69,7 +72,8 @@ async fn push_blob(c: &reqwest::Client, url: &str, repo: &str, data: Vec<u8>) ->
     Ok(digest)
 }
 
-async fn push(url: &str, repo: &str, tag: &str, mibs: &str) -> Res<()> {
+/// Pushes an image; returns its manifest digest and its layers' digests.
+async fn push(url: &str, repo: &str, tag: &str, mibs: &str) -> Res<Vec<String>> {
     let c = reqwest::Client::new();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -103,11 +107,11 @@ async fn push(url: &str, repo: &str, tag: &str, mibs: &str) -> Res<()> {
     if r.status() != 201 {
         return Err(format!("manifest put: {}", r.status()).into());
     }
-    println!("{md}");
+    let mut out = vec![md];
     for l in &layers {
-        println!("{}", l["digest"].as_str().unwrap_or_default());
+        out.push(l["digest"].as_str().unwrap_or_default().to_string());
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Latencies in microseconds, and errors, of one soak client.
@@ -158,11 +162,38 @@ async fn timed_pull(c: &reqwest::Client, url: &str, repo: &str, st: &mut SoakSta
     Ok(())
 }
 
-async fn soak(url: &str, prefix: &str, images: usize, clients: usize, secs: u64) -> Res<()> {
+async fn soak(
+    url: &str,
+    prefix: &str,
+    images: usize,
+    clients: usize,
+    secs: u64,
+    upstream: &str,
+) -> Res<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let until = Instant::now() + std::time::Duration::from_secs(secs);
+    // The newest fresh image, plus one (0: none yet).
+    let fresh = Arc::new(AtomicUsize::new(0));
+    let pusher = {
+        let (fresh, upstream, prefix) = (fresh.clone(), upstream.to_string(), prefix.to_string());
+        tokio::spawn(async move {
+            let mut k = 0;
+            while Instant::now() < until {
+                if push(&upstream, &format!("{prefix}fresh{k}"), "v1", "0.25,0.5,1")
+                    .await
+                    .is_ok()
+                {
+                    k += 1;
+                    fresh.store(k, Ordering::Release);
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            k
+        })
+    };
     let mut tasks = Vec::new();
     for i in 0..clients {
-        let (url, prefix) = (url.to_string(), prefix.to_string());
+        let (url, prefix, fresh) = (url.to_string(), prefix.to_string(), fresh.clone());
         tasks.push(tokio::spawn(async move {
             let c = reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
@@ -174,7 +205,12 @@ async fn soak(url: &str, prefix: &str, images: usize, clients: usize, secs: u64)
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                let repo = format!("{prefix}{}", x as usize % images);
+                let newest = fresh.load(Ordering::Acquire);
+                let repo = if x % 8 == 0 && newest > 0 {
+                    format!("{prefix}fresh{}", newest - 1)
+                } else {
+                    format!("{prefix}{}", (x >> 3) as usize % images)
+                };
                 if let Err(e) = timed_pull(&c, &url, &repo, &mut st).await {
                     st.errors.push(e.to_string());
                 }
@@ -195,6 +231,7 @@ async fn soak(url: &str, prefix: &str, images: usize, clients: usize, secs: u64)
         v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
             .map_or(0.0, |us| *us as f64 / 1000.0)
     };
+    println!("fresh {}", pusher.await?);
     println!("pulls {}", all.pulls.len());
     println!("requests {}", all.manifests.len() + all.blobs.len());
     println!("errors {}", all.errors.len());
@@ -273,7 +310,12 @@ async fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
     match arg(1) {
-        "push" => push(arg(2), arg(3), arg(4), arg(5)).await,
+        "push" => {
+            for d in push(arg(2), arg(3), arg(4), arg(5)).await? {
+                println!("{d}");
+            }
+            Ok(())
+        }
         "pull" => {
             let c = reqwest::Client::new();
             let t = Instant::now();
@@ -288,6 +330,7 @@ async fn main() -> Res<()> {
                 arg(4).parse()?,
                 arg(5).parse()?,
                 arg(6).parse()?,
+                arg(7),
             )
             .await
         }

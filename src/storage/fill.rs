@@ -304,7 +304,7 @@ impl ReaderState {
 async fn read_at(file: Arc<std::fs::File>, range: Range<u64>) -> std::io::Result<Bytes> {
     use std::os::unix::fs::FileExt;
     let len = range.end - range.start;
-    if len >= super::MAP_AT_LEAST_SPOOL {
+    if len >= super::MAP_AT_LEAST {
         // The range lies below what the writer reported written: inside the file.
         if let Ok(b) = super::map_window(&file, range.start, len) {
             return Ok(b);
