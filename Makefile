@@ -37,3 +37,4 @@ fuzz:
 bench:
 	./benches/load.sh
 	./benches/cluster.sh
+	./benches/soak.sh

@@ -34,20 +34,7 @@ start_upstream
 
 # --- archway ------------------------------------------------------------------------------
 AW_PORT=$(free_port)
-cat > "$WORK/archway.toml" <<EOF
-[server]
-listen = "127.0.0.1:$AW_PORT"
-[storage]
-url = "file://$WORK/cache"
-spool_dir = "$WORK/spool"
-[cache]
-tag_ttl = "1h"
-[[upstream]]
-name = "up"
-url = "$UP"
-hosts = ["upstream.test"]
-default = true
-EOF
+archway_config "$WORK/archway.toml" "$AW_PORT" 1h
 # As it ships: logging at info, one access-log line per request, to a pipe's reader as
 # under a container runtime (here /dev/null, so the figures hold no disk writes).
 env -u ARCHWAY_LOG -u RUST_LOG $ARCHWAY serve --config "$WORK/archway.toml" >/dev/null 2>&1 &

@@ -123,45 +123,6 @@ struct SoakStats {
     errors: Vec<String>,
 }
 
-/// One pull as `pull` does it, timing each request.
-async fn timed_pull(c: &reqwest::Client, url: &str, repo: &str, st: &mut SoakStats) -> Res<()> {
-    let started = Instant::now();
-    let r = c
-        .get(format!("{url}/v2/{repo}/manifests/v1"))
-        .header("accept", "application/vnd.oci.image.manifest.v1+json")
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        return Err(format!("{repo} manifest: {}", r.status()).into());
-    }
-    let m: Value = serde_json::from_slice(&r.bytes().await?)?;
-    st.manifests.push(started.elapsed().as_micros() as u32);
-    let mut digests = vec![m["config"]["digest"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()];
-    for l in m["layers"].as_array().into_iter().flatten() {
-        digests.push(l["digest"].as_str().unwrap_or_default().to_string());
-    }
-    let sem = Arc::new(tokio::sync::Semaphore::new(3));
-    let mut tasks = Vec::new();
-    for d in digests {
-        let (c, sem) = (c.clone(), sem.clone());
-        let u = format!("{url}/v2/{repo}/blobs/{d}");
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire().await?;
-            let t = Instant::now();
-            get_verified(&c, u, &d).await?;
-            Res::Ok(t.elapsed().as_micros() as u32)
-        }));
-    }
-    for t in tasks {
-        st.blobs.push(t.await??);
-    }
-    st.pulls.push(started.elapsed().as_micros() as u32);
-    Ok(())
-}
-
 async fn soak(
     url: &str,
     prefix: &str,
@@ -211,7 +172,7 @@ async fn soak(
                 } else {
                     format!("{prefix}{}", (x >> 3) as usize % images)
                 };
-                if let Err(e) = timed_pull(&c, &url, &repo, &mut st).await {
+                if let Err(e) = pull_timed(&c, &url, &repo, "v1", Some(&mut st)).await {
                     st.errors.push(e.to_string());
                 }
             }
@@ -268,6 +229,20 @@ async fn get_verified(c: &reqwest::Client, url: String, digest: &str) -> Res<usi
 }
 
 async fn pull(c: &reqwest::Client, url: &str, repo: &str, tag: &str) -> Res<usize> {
+    pull_timed(c, url, repo, tag, None).await
+}
+
+/// One pull as a container client does it: the manifest by tag, then the config and the
+/// layers, three at a time (containerd's and containers/image's default), every blob
+/// verified. With `st`, each request's latency and the pull's are recorded there.
+async fn pull_timed(
+    c: &reqwest::Client,
+    url: &str,
+    repo: &str,
+    tag: &str,
+    mut st: Option<&mut SoakStats>,
+) -> Res<usize> {
+    let started = Instant::now();
     let r = c
         .get(format!("{url}/v2/{repo}/manifests/{tag}"))
         .header(
@@ -277,9 +252,12 @@ async fn pull(c: &reqwest::Client, url: &str, repo: &str, tag: &str) -> Res<usiz
         .send()
         .await?;
     if !r.status().is_success() {
-        return Err(format!("manifest: {}", r.status()).into());
+        return Err(format!("{repo} manifest: {}", r.status()).into());
     }
     let m: Value = serde_json::from_slice(&r.bytes().await?)?;
+    if let Some(st) = st.as_deref_mut() {
+        st.manifests.push(started.elapsed().as_micros() as u32);
+    }
     let mut digests = vec![m["config"]["digest"]
         .as_str()
         .unwrap_or_default()
@@ -287,7 +265,6 @@ async fn pull(c: &reqwest::Client, url: &str, repo: &str, tag: &str) -> Res<usiz
     for l in m["layers"].as_array().into_iter().flatten() {
         digests.push(l["digest"].as_str().unwrap_or_default().to_string());
     }
-    // Three blobs at a time, as containerd and containers/image do by default.
     let sem = Arc::new(tokio::sync::Semaphore::new(3));
     let mut tasks = Vec::new();
     for d in digests {
@@ -295,12 +272,21 @@ async fn pull(c: &reqwest::Client, url: &str, repo: &str, tag: &str) -> Res<usiz
         let u = format!("{url}/v2/{repo}/blobs/{d}");
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire().await?;
-            get_verified(&c, u, &d).await
+            let t = Instant::now();
+            let n = get_verified(&c, u, &d).await?;
+            Res::Ok((n, t.elapsed().as_micros() as u32))
         }));
     }
     let mut total = 0;
     for t in tasks {
-        total += t.await??;
+        let (n, us) = t.await??;
+        total += n;
+        if let Some(st) = st.as_deref_mut() {
+            st.blobs.push(us);
+        }
+    }
+    if let Some(st) = st {
+        st.pulls.push(started.elapsed().as_micros() as u32);
     }
     Ok(total)
 }
