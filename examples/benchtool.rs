@@ -167,7 +167,7 @@ async fn soak(
                 x ^= x >> 7;
                 x ^= x << 17;
                 let newest = fresh.load(Ordering::Acquire);
-                let repo = if x % 8 == 0 && newest > 0 {
+                let repo = if x.is_multiple_of(8) && newest > 0 {
                     format!("{prefix}fresh{}", newest - 1)
                 } else {
                     format!("{prefix}{}", (x >> 3) as usize % images)
