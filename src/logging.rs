@@ -110,20 +110,10 @@ fn write_timestamp(buf: &mut Vec<u8>, secs: u64, micros: u32) {
     buf.push(b'Z');
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.` for `secs` after the epoch (the proleptic Gregorian calendar,
-/// by Howard Hinnant's `civil_from_days`).
+/// `YYYY-MM-DDTHH:MM:SS.` for `secs` after the epoch.
 fn second_prefix(secs: u64) -> [u8; 20] {
-    let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::clock::civil_from_days((secs / 86_400) as i64);
     let mut out = [0u8; 20];
     let mut put = |at: usize, v: i64, width: usize| {
         let mut v = v.clamp(0, 9999);
