@@ -50,41 +50,27 @@ pub(super) fn write(e: &Entry<'_>) {
 }
 
 fn format(buf: &mut Vec<u8>, e: &Entry<'_>, format: Format) {
-    let mut num = [0u8; 20];
-    let mut n =
-        |buf: &mut Vec<u8>, v: u64| buf.extend_from_slice(logging::decimal(v, &mut num).as_bytes());
     let micros = e.elapsed.as_micros().min(u128::from(u64::MAX)) as u64;
-    let ms = |buf: &mut Vec<u8>, n: &mut dyn FnMut(&mut Vec<u8>, u64)| {
-        n(buf, micros / 1000);
-        let frac = micros % 1000;
-        buf.extend_from_slice(&[
-            b'.',
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ]);
-    };
-    let json = format == Format::Json;
-    if json {
+    if format == Format::Json {
         buf.extend_from_slice(b"{\"timestamp\":\"");
         logging::timestamp(buf);
         buf.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"id\":");
         logging::json_string(buf, e.id);
         buf.extend_from_slice(b",\"peer\":\"");
-        peer(buf, e.peer, &mut n);
+        peer(buf, e.peer);
         buf.extend_from_slice(b"\",\"method\":");
         logging::json_string(buf, e.method);
         buf.extend_from_slice(b",\"path\":");
         logging::json_string(buf, e.path);
         buf.extend_from_slice(b",\"status\":");
-        n(buf, u64::from(e.status));
+        number(buf, u64::from(e.status));
         buf.extend_from_slice(b",\"bytes\":");
         match e.bytes {
-            Some(b) => n(buf, b),
+            Some(b) => number(buf, b),
             None => buf.extend_from_slice(b"null"),
         }
         buf.extend_from_slice(b",\"ms\":");
-        ms(buf, &mut n);
+        millis(buf, micros);
         buf.extend_from_slice(b",\"cache\":");
         logging::json_string(buf, e.cache);
         buf.extend_from_slice(b",\"target\":\"archway::access\"}\n");
@@ -93,38 +79,55 @@ fn format(buf: &mut Vec<u8>, e: &Entry<'_>, format: Format) {
         buf.extend_from_slice(b"  INFO archway::access: request id=");
         buf.extend_from_slice(e.id.as_bytes());
         buf.extend_from_slice(b" peer=");
-        peer(buf, e.peer, &mut n);
+        peer(buf, e.peer);
         buf.extend_from_slice(b" method=");
         buf.extend_from_slice(e.method.as_bytes());
         buf.extend_from_slice(b" path=");
         buf.extend_from_slice(e.path.as_bytes());
         buf.extend_from_slice(b" status=");
-        n(buf, u64::from(e.status));
+        number(buf, u64::from(e.status));
         buf.extend_from_slice(b" bytes=");
         match e.bytes {
-            Some(b) => n(buf, b),
+            Some(b) => number(buf, b),
             None => buf.push(b'-'),
         }
         buf.extend_from_slice(b" ms=");
-        ms(buf, &mut n);
+        millis(buf, micros);
         buf.extend_from_slice(b" cache=");
         buf.extend_from_slice(e.cache.as_bytes());
         buf.push(b'\n');
     }
 }
 
+fn number(buf: &mut Vec<u8>, v: u64) {
+    let mut digits = [0u8; 20];
+    buf.extend_from_slice(logging::decimal(v, &mut digits).as_bytes());
+}
+
+/// Microseconds as milliseconds with three decimals: `1.234`.
+fn millis(buf: &mut Vec<u8>, micros: u64) {
+    number(buf, micros / 1000);
+    let frac = micros % 1000;
+    buf.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
 /// `address:port`, as `SocketAddr`'s `Display` writes it (IPv6 in brackets).
-fn peer(buf: &mut Vec<u8>, peer: SocketAddr, n: &mut dyn FnMut(&mut Vec<u8>, u64)) {
+fn peer(buf: &mut Vec<u8>, peer: SocketAddr) {
     match peer {
         SocketAddr::V4(v4) => {
             for (i, octet) in v4.ip().octets().into_iter().enumerate() {
                 if i > 0 {
                     buf.push(b'.');
                 }
-                n(buf, u64::from(octet));
+                number(buf, u64::from(octet));
             }
             buf.push(b':');
-            n(buf, u64::from(v4.port()));
+            number(buf, u64::from(v4.port()));
         }
         SocketAddr::V6(_) => {
             let _ = write!(buf, "{peer}");
@@ -194,10 +197,7 @@ mod tests {
         ] {
             let mut b = Vec::new();
             let a: SocketAddr = addr.parse().unwrap();
-            let mut num = [0u8; 20];
-            peer(&mut b, a, &mut |b, v| {
-                b.extend_from_slice(logging::decimal(v, &mut num).as_bytes())
-            });
+            peer(&mut b, a);
             assert_eq!(String::from_utf8(b).unwrap(), a.to_string());
         }
         for (micros, want) in [

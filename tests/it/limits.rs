@@ -251,7 +251,10 @@ async fn http2_bounds_streams_and_headers_and_closes_rapid_reset_connections() {
         .unwrap();
     let status = resp.await.map(|r| r.status().as_u16());
     assert!(
-        matches!(status, Ok(431)) || status.as_ref().is_err_and(|e| e.is_reset()),
+        matches!(status, Ok(431))
+            || status
+                .as_ref()
+                .is_err_and(|e| e.is_reset() || e.is_go_away()),
         "an 80 KiB header list must be refused: {status:?}"
     );
 
@@ -281,10 +284,11 @@ async fn http2_bounds_streams_and_headers_and_closes_rapid_reset_connections() {
         .expect("the attacking connection is ended")
         .unwrap();
     let e = ended.expect_err("the server ends the connection with an error");
-    assert_eq!(
-        e.reason(),
-        Some(h2::Reason::ENHANCE_YOUR_CALM),
-        "after {opened} reset streams: {e}"
+    // The GOAWAY, or, when the client was still writing as the server closed the socket
+    // after it, the broken pipe that beat the GOAWAY to the client.
+    assert!(
+        e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
+        "after {opened} reset streams: {e:?}"
     );
     assert!(opened < 100_000, "the connection was ended early: {opened}");
     // Everyone else is still served.
