@@ -12,7 +12,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use super::endpoint::{self, Endpoint};
+use super::endpoint::Endpoint;
 use super::{empty, errors, full, Body, Front};
 use crate::error::Error;
 use crate::oci::media::Accept;
@@ -31,11 +31,11 @@ const BYTES: HeaderValue = HeaderValue::from_static("bytes");
 const OCI_INDEX: HeaderValue = HeaderValue::from_static("application/vnd.oci.image.index.v1+json");
 
 /// A route label for metrics and logs: bounded cardinality, never the repository name.
-pub fn route_label(path: &str) -> &'static str {
+pub fn route_label(path: &str, endpoint: &Endpoint<'_>) -> &'static str {
     if path.starts_with(crate::cluster::FILL_PATH) {
         return "peer_fill";
     }
-    match endpoint::parse(path) {
+    match endpoint {
         Endpoint::Base => "base",
         Endpoint::Manifest { .. } => "manifest",
         Endpoint::Blob { .. } => "blob",
@@ -47,7 +47,14 @@ pub fn route_label(path: &str) -> &'static str {
     }
 }
 
-pub async fn handle(front: &Front, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+/// Answers `req`, whose path the caller parsed into `endpoint` (once per request: the route
+/// label, the hosted lookup and the dispatch all read it).
+pub async fn handle(
+    front: &Front,
+    req: Request<Incoming>,
+    endpoint: &Endpoint<'_>,
+    peer: IpAddr,
+) -> Response<Body> {
     // Replicas' internal endpoint: authenticated by the cluster secret, not client logins.
     if req.uri().path().starts_with(crate::cluster::FILL_PATH) {
         let mut resp = match super::peers::fill(&front.registry, &req, peer).await {
@@ -71,12 +78,9 @@ pub async fn handle(front: &Front, req: Request<Incoming>, peer: IpAddr) -> Resp
     };
     let head = req.method() == Method::HEAD;
     let result = match allowed {
-        Ok(user) => match hosted_target(&front.registry, &req, user) {
-            Some(t) => {
-                let path = req.uri().path().to_string();
-                super::hosted::dispatch(&front.registry, req, endpoint::parse(&path), t).await
-            }
-            None => dispatch(&front.registry, &req).await,
+        Ok(user) => match hosted_target(&front.registry, &req, endpoint, user) {
+            Some(t) => super::hosted::dispatch(&front.registry, req, endpoint.clone(), t).await,
+            None => dispatch(&front.registry, &req, endpoint).await,
         },
         Err(e) => Err(e),
     };
@@ -93,13 +97,14 @@ pub async fn handle(front: &Front, req: Request<Incoming>, peer: IpAddr) -> Resp
 fn hosted_target<B>(
     registry: &Registry,
     req: &Request<B>,
+    endpoint: &Endpoint<'_>,
     user: Option<String>,
 ) -> Option<super::hosted::Target> {
     // Without [[hosted]], nothing to look for: the pull path pays nothing for it.
     if registry.config.hosted.is_empty() {
         return None;
     }
-    let name = match endpoint::parse(req.uri().path()) {
+    let name = *match endpoint {
         Endpoint::Manifest { name, .. }
         | Endpoint::Blob { name, .. }
         | Endpoint::Upload { name, .. }
@@ -117,7 +122,11 @@ fn hosted_target<B>(
     })
 }
 
-async fn dispatch<B>(registry: &Registry, req: &Request<B>) -> Result<Response<Body>, Error> {
+async fn dispatch<B>(
+    registry: &Registry,
+    req: &Request<B>,
+    endpoint: &Endpoint<'_>,
+) -> Result<Response<Body>, Error> {
     let method = req.method();
     let path = req.uri().path();
     let read_only = |what: &str| -> Result<(), Error> {
@@ -129,7 +138,7 @@ async fn dispatch<B>(registry: &Registry, req: &Request<B>) -> Result<Response<B
             )))
         }
     };
-    match endpoint::parse(path) {
+    match *endpoint {
         Endpoint::Base => {
             read_only("/v2/")?;
             let mut r = Response::new(if method == Method::HEAD {

@@ -206,12 +206,13 @@ async fn respond(
     let started = Instant::now();
     let id = request_id();
     let (method, uri) = (req.method().clone(), req.uri().clone());
-    let mut resp = handlers::handle(front, req, peer.ip()).await;
+    let endpoint = endpoint::parse(uri.path());
+    let mut resp = handlers::handle(front, req, &endpoint, peer.ip()).await;
     if let Ok(v) = http::HeaderValue::from_str(&id) {
         resp.headers_mut().insert(X_REQUEST_ID, v);
     }
     let elapsed = started.elapsed();
-    let route = handlers::route_label(uri.path());
+    let route = handlers::route_label(uri.path(), &endpoint);
     let m = &front.registry.metrics;
     m.requests
         .with_label_values(&[route, method.as_str(), resp.status().as_str()])

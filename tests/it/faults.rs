@@ -10,7 +10,9 @@ use std::time::Duration;
 use crate::support::archway::{Archway, Settings};
 use crate::support::fake::{Fake, Reply};
 use crate::support::images::{Image, OCI_MANIFEST};
-use crate::support::{broken_transfer, http, oci_error, random_bytes, unique_seed, wait_metric};
+use crate::support::{
+    broken_transfer, get_body, http, oci_error, random_bytes, unique_seed, wait_metric,
+};
 
 fn ok(content_type: &str, body: Vec<u8>) -> Reply {
     Reply::Ok {
@@ -154,14 +156,7 @@ async fn a_download_cut_at_30_and_70_percent_resumes_with_ranges_and_verifies() 
         "three GETs, two of them for the rest only"
     );
     // Verified and cached: served again without the upstream.
-    let again = http()
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let again = get_body(&url).await;
     assert!(again == data);
     assert_eq!(ranges.lock().unwrap().len(), 3);
     assert_eq!(metric_of(&aw, UPSTREAM_FAILED).await, Some(0.0));
@@ -394,14 +389,7 @@ async fn a_fill_killed_with_sigkill_leaves_a_staged_file_the_next_start_removes(
         .log_text()
         .contains("removed the staged files of fills that ended"));
     gated.open();
-    let body = http()
-        .get(format!("{}/v2/killed/app/blobs/{digest}", aw.url()))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let body = get_body(&format!("{}/v2/killed/app/blobs/{digest}", aw.url())).await;
     assert!(body == data, "fetched anew and verified");
     drop(lock);
 }

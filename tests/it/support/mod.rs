@@ -25,6 +25,13 @@ pub fn http() -> reqwest::Client {
         .expect("http client")
 }
 
+/// The body of a GET that must succeed.
+pub async fn get_body(url: &str) -> bytes::Bytes {
+    let r = http().get(url).send().await.expect("GET");
+    assert!(r.status().is_success(), "GET {url}: {}", r.status());
+    r.bytes().await.expect("body")
+}
+
 /// Waits until a line of the log at `log` satisfies `find`, and returns what it found: how a
 /// server started with port 0 tells which port it bound. Fails if `child` exits first (it
 /// could not bind, or crashed) or `deadline` passes. Start-up readiness, not synchronisation
