@@ -75,6 +75,9 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// `archway_prewarm_bytes_total`: blob bytes fetched by prewarming.
     pub prewarm_bytes: IntCounter,
+    /// `archway_sendfile_bytes_total`: response bytes the kernel sent from cache files
+    /// with `sendfile(2)`, never copied through archway.
+    pub sendfile_bytes: IntCounter,
 }
 
 /// The `kind` of cache hits and misses.
@@ -236,6 +239,10 @@ impl Metrics {
             prewarm_bytes: b.counter(
                 "prewarm_bytes_total",
                 "Blob bytes fetched for cluster platforms no client asked for yet.",
+            ),
+            sendfile_bytes: b.counter(
+                "sendfile_bytes_total",
+                "Response bytes sent from cache files with sendfile(2), on plain-HTTP connections.",
             ),
             collectors,
         }

@@ -10,6 +10,7 @@ pub mod errors;
 mod handlers;
 mod hosted;
 mod peers;
+mod socket;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -91,6 +92,8 @@ pub async fn serve(
         let front = current.load_full();
         // Deadlines from the configuration current now: a reload applies to new connections.
         let server = &front.registry.config.server;
+        // Under TLS the socket sees only ciphertext, so it never finds file bytes to send.
+        let stream = socket::Socket::new(stream, front.registry.metrics.sendfile_bytes.clone());
         let (stream, activity) =
             conn::Guarded::new(stream, server.header_timeout, server.idle_timeout);
         let open = Open::new(&front.registry.metrics, slot);

@@ -18,7 +18,8 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::{ByteStream, Store, MAP_WINDOW};
+use super::mapped::{self, MAP_WINDOW};
+use super::{ByteStream, Store};
 use crate::error::{Error, Result};
 use crate::oci::Digest;
 
@@ -304,9 +305,9 @@ impl ReaderState {
 async fn read_at(file: Arc<std::fs::File>, range: Range<u64>) -> std::io::Result<Bytes> {
     use std::os::unix::fs::FileExt;
     let len = range.end - range.start;
-    if len >= super::MAP_AT_LEAST {
+    if len >= mapped::MAP_AT_LEAST {
         // The range lies below what the writer reported written: inside the file.
-        if let Ok(b) = super::map_window(&file, range.start, len) {
+        if let Ok(b) = mapped::window(&file, range.start, len) {
             return Ok(b);
         }
     }

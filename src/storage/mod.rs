@@ -8,6 +8,7 @@
 mod backend;
 pub mod fill;
 pub mod layout;
+pub mod mapped;
 pub mod records;
 mod sink;
 pub mod versioned;
@@ -303,7 +304,7 @@ impl Store {
                         .len()
                 }
             };
-            let map = range.end - range.start >= MAP_AT_LEAST;
+            let map = range.end - range.start >= mapped::MAP_AT_LEAST;
             return Ok(Some(file_stream(file, range, map)));
         }
         let opts = GetOptions {
@@ -466,46 +467,16 @@ impl Store {
     }
 }
 
-/// Blobs (and spool reads) at least this large are sent from memory maps of the file. A
-/// read would put the bytes in anonymous memory first: with 3,000 responses of small
-/// layers in flight (the soak in `benches/`) that was about 190 MiB of buffers, where maps
-/// are page cache the kernel reclaims at will. Below this a read is cheaper than a map.
-const MAP_AT_LEAST: u64 = 64 * 1024;
-
-/// Each map covers this much of the file. A response holds at most a few windows, so a
-/// process serving many large blobs does not map (and count in its RSS) whole files.
-const MAP_WINDOW: u64 = 512 * 1024;
-
-/// Maps `len` bytes of a cache file at `offset`, as one chunk: the socket write then copies
-/// straight from the page cache, as nginx's sendfile does, instead of a read into a buffer
-/// and a second copy out of it.
-#[allow(unsafe_code)]
-fn map_window(file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<Bytes> {
-    // SAFETY: a mapped file truncated while mapped would fault on access. Cache files are
-    // never modified in place: a blob is written under .staging/, renamed into place once
-    // verified, and afterwards only unlinked (eviction), which leaves existing mappings
-    // intact. Spool files are only appended to, then renamed or unlinked. Callers keep
-    // `offset + len` within the size the file had when opened (for a spool: what its
-    // writer reported written).
-    let map = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(offset)
-            .len(len as usize)
-            .populate()
-            .map(file)?
-    };
-    Ok(Bytes::from_owner(map))
-}
-
 /// Streams `range` of `file` from the blocking pool, one task per response: memory-mapped
 /// windows when `map` (large blobs), else large sequential reads. `read_to_end` into a fresh
 /// buffer fills it without zeroing it first, which at disk-cache speeds is a measurable share
 /// of the copy.
-pub(crate) fn file_stream(mut file: std::fs::File, range: Range<u64>, map: bool) -> ByteStream {
+pub(crate) fn file_stream(file: std::fs::File, range: Range<u64>, map: bool) -> ByteStream {
+    let file = Arc::new(file);
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(if map { 2 } else { 4 });
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
-        if let Err(e) = file.seek(SeekFrom::Start(range.start)) {
+        if let Err(e) = (&*file).seek(SeekFrom::Start(range.start)) {
             let _ = tx.blocking_send(Err(e));
             return;
         }
@@ -515,8 +486,8 @@ pub(crate) fn file_stream(mut file: std::fs::File, range: Range<u64>, map: bool)
         let mut map = map && file.metadata().is_ok_and(|m| m.len() >= range.end);
         while pos < range.end {
             let item = if map {
-                let want = (range.end - pos).min(MAP_WINDOW);
-                match map_window(&file, pos, want) {
+                let want = (range.end - pos).min(mapped::MAP_WINDOW);
+                match mapped::window(&file, pos, want) {
                     Ok(b) => {
                         pos += want;
                         Ok(b)
@@ -525,7 +496,7 @@ pub(crate) fn file_stream(mut file: std::fs::File, range: Range<u64>, map: bool)
                         // Unusual file systems may refuse maps: read instead.
                         tracing::debug!(error = %crate::causes::Chain(&e), "cannot map a cache file; reading it");
                         map = false;
-                        if let Err(e) = file.seek(SeekFrom::Start(pos)) {
+                        if let Err(e) = (&*file).seek(SeekFrom::Start(pos)) {
                             let _ = tx.blocking_send(Err(e));
                         }
                         continue;
@@ -534,7 +505,7 @@ pub(crate) fn file_stream(mut file: std::fs::File, range: Range<u64>, map: bool)
             } else {
                 let want = (range.end - pos).min(READ_CHUNK as u64);
                 let mut buf = Vec::with_capacity(want as usize);
-                match (&mut file).take(want).read_to_end(&mut buf) {
+                match (&*file).take(want).read_to_end(&mut buf) {
                     Ok(0) => Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "cached blob is shorter than expected",

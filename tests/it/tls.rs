@@ -44,7 +44,11 @@ fn client(ca_pem: &str) -> reqwest::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_verified_clients_h2_and_sighup_reload() {
     let up = Upstream::start().await;
-    let img = Image::new("linux/amd64", vec![random_bytes(unique_seed(), 1000)]);
+    let seed = unique_seed();
+    let img = Image::new(
+        "linux/amd64",
+        vec![random_bytes(seed, 1000), random_bytes(seed + 1, 700_000)],
+    );
     Pusher::new(&up.url(), None)
         .image("secure/app", "v1", &img)
         .await;
@@ -55,6 +59,7 @@ async fn tls_with_verified_clients_h2_and_sighup_reload() {
             certs.path().join("server.crt"),
             certs.path().join("server.key"),
         )),
+        admin: true,
         ..Settings::single(&up.url())
     })
     .await;
@@ -73,7 +78,7 @@ async fn tls_with_verified_clients_h2_and_sighup_reload() {
         &dest,
     ]);
     assert!(out.ok, "{}", out.stderr);
-    assert_eq!(skopeo::verify_oci_layout(out_dir.path()), 3);
+    assert_eq!(skopeo::verify_oci_layout(out_dir.path()), 4);
     let out = skopeo::run(&["copy", &src, &dest]);
     assert!(!out.ok, "an unknown CA was accepted");
 
@@ -85,6 +90,29 @@ async fn tls_with_verified_clients_h2_and_sighup_reload() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
+
+    // A cached blob large enough to be mapped is encrypted from the map, over HTTP/2 and
+    // HTTP/1.1: the socket beneath TLS sees only ciphertext and never uses sendfile.
+    let big = &img.layers[1];
+    let url = format!(
+        "https://localhost:{}/v2/secure/app/blobs/{}",
+        aw.port, big.digest
+    );
+    let h1 = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca1.as_bytes()).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    for c in [client(&ca1), h1] {
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap(), big.data);
+    }
+    assert_eq!(
+        crate::support::metric(aw.admin(), "archway_sendfile_bytes_total").await,
+        Some(0.0)
+    );
 
     // Renew under a new CA and send SIGHUP: new connections get the new certificate.
     let ca2 = issue(certs.path(), "second");
