@@ -185,6 +185,9 @@ read -r AW_B64 AW_B64_CPU < <(point archway "$AW/v2/bench/app/blobs/$BLOB" 64 mb
 RSS_END=$(rss)
 RSS_MAX=$(sort -n "$WORK/rss" | tail -1)
 RSS_FILE_END=$(rss_file)
+# What a keep-alive connection holds at rest (hyper's read and write buffers, its task).
+ulimit -n "$(ulimit -Hn)"
+read -r _ IDLE_PER_CONN < <($TOOL idle "127.0.0.1:$AW_PORT" 2000 "$AW_PID")
 
 cat <<EOF
 | metric | archway | nginx / direct | ratio |
@@ -207,6 +210,7 @@ cat <<EOF
 | 16 concurrent cold pulls: wall time (s) | $HERD_TIME | | |
 | archway anonymous memory idle / max under load / after (MiB) | $RSS_IDLE / $RSS_MAX / $RSS_END | | |
 | archway file-backed RSS after the load (MiB, mapped page cache) | $RSS_FILE_END | | |
+| archway anonymous memory per idle keep-alive connection, 2,000 open (KiB) | $IDLE_PER_CONN | | |
 
 reps=$REPS duration=${DURATION}s cores=$(nproc) wrk -t2; archway logging at info (access log on, to /dev/null) unless noted, nginx access_log off. Server CPU: user + system time of all the server's threads (nginx: master and workers) during the wrk run, which shares the 2 cores.
 EOF

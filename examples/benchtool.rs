@@ -291,6 +291,42 @@ async fn pull_timed(
     Ok(total)
 }
 
+/// Opens `n` keep-alive connections to `addr`, each after one `GET /v2/`, and prints the
+/// anonymous memory of process `pid` with all of them open (KiB) and what each added (KiB).
+async fn idle(addr: &str, n: usize, pid: &str) -> Res<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let anon = || -> Res<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or("no RssAnon")?;
+        Ok(kib)
+    };
+    let before = anon()?;
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: bench\r\n\r\n")
+            .await?;
+        conns.push(s);
+    }
+    for s in &mut conns {
+        let mut buf = [0u8; 4096];
+        let k = s.read(&mut buf).await?;
+        if !buf[..k].starts_with(b"HTTP/1.1 200") {
+            return Err(format!("not a 200: {}", String::from_utf8_lossy(&buf[..k])).into());
+        }
+    }
+    let after = anon()?;
+    println!(
+        "{after} {:.1}",
+        after.saturating_sub(before) as f64 / n as f64
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -377,6 +413,7 @@ async fn main() -> Res<()> {
             println!("{:.0} {total}", total as f64 / secs / 1e6);
             Ok(())
         }
-        _ => Err("usage: benchtool push|pull|herd|get|fetch ...".into()),
+        "idle" => idle(arg(2), arg(3).parse()?, arg(4)).await,
+        _ => Err("usage: benchtool push|pull|herd|get|fetch|idle ...".into()),
     }
 }

@@ -10,6 +10,7 @@ pub mod errors;
 mod handlers;
 mod hosted;
 mod peers;
+mod protocol;
 mod socket;
 
 use std::convert::Infallible;
@@ -23,8 +24,6 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -63,7 +62,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = current.load().registry.config.server.clone();
-    let builder = builder(&limits);
+    let servers = protocol::Servers::new(&limits);
     // Connections beyond the limit wait in the listen backlog until one ends.
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -89,59 +88,19 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let front = current.load_full();
-        // Deadlines from the configuration current now: a reload applies to new connections.
-        let server = &front.registry.config.server;
-        // Under TLS the socket sees only ciphertext, so it never finds file bytes to send.
-        let stream = socket::Socket::new(stream, front.registry.metrics.sendfile_bytes.clone());
-        let (stream, activity) =
-            conn::Guarded::new(stream, server.header_timeout, server.idle_timeout);
-        let open = Open::new(&front.registry.metrics, slot);
-        let current = current.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let front = current.load_full();
-            let busy = activity.begin();
-            async move {
-                let resp = respond(&front, req, peer).await;
-                Ok::<_, Infallible>(resp.map(|b| conn::hold(b, busy)))
-            }
-        });
+        let conn = Connection {
+            open: Open::new(&current.load().registry.metrics, slot),
+            current: current.clone(),
+            servers: servers.clone(),
+            watcher: graceful.watcher(),
+            peer,
+        };
         match &tls {
             None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    let _open = open;
-                    if let Err(e) = conn.await {
-                        tracing::debug!(peer = %peer, error = %crate::causes::Chain(&*e), "connection ended with an error");
-                    }
-                });
+                tokio::spawn(conn.serve_plain(stream));
             }
             Some(acceptor) => {
-                // The handshake runs in the connection's task, not the accept loop, and
-                // within the head's deadline: a client that never finishes it holds nothing.
-                let (acceptor, builder) = (acceptor.clone(), builder.clone());
-                let watcher = graceful.watcher();
-                let deadline = server.header_timeout;
-                tokio::spawn(async move {
-                    let _open = open;
-                    let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer, error = %crate::causes::Chain(&e), "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(peer = %peer, "TLS handshake not done within server.header_timeout");
-                            return;
-                        }
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(peer = %peer, error = %crate::causes::Chain(&*e), "connection ended with an error");
-                    }
-                });
+                tokio::spawn(conn.serve_tls(stream, acceptor.clone()));
             }
         }
     }
@@ -155,27 +114,72 @@ pub async fn serve(
     }
 }
 
-/// The HTTP/1 and HTTP/2 settings of the registry listener.
-fn builder(limits: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    // A head that does not fit gets 431 (hyper reads heads into this buffer).
-    b.http1().max_buf_size(limits.max_header_bytes);
-    b.http2()
-        .max_header_list_size(limits.max_header_bytes as u32)
-        // Streams a client may have open at once; a client resetting streams faster than
-        // they are served (rapid reset) has the connection closed past these.
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(MAX_ERROR_RESETS);
-    b
+/// One accepted client connection, and what serving it needs.
+struct Connection {
+    open: Open,
+    current: Current,
+    servers: protocol::Servers,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: std::net::SocketAddr,
 }
 
-/// HTTP/2 streams per connection: what one client pulling layers in parallel needs.
-const MAX_STREAMS: u32 = 256;
-/// Streams reset by the client before they were served, at most, at any moment.
-const MAX_PENDING_RESETS: usize = 20;
-/// Streams archway may reset for a client's errors before it closes the connection.
-const MAX_ERROR_RESETS: usize = 256;
+impl Connection {
+    async fn serve_plain(self, tcp: tokio::net::TcpStream) {
+        // Before its first request a connection is idle: the same deadline applies.
+        let idle = self.current.load().registry.config.server.idle_timeout;
+        let Some(protocol) = protocol::Protocol::sniff(&tcp, idle).await else {
+            return;
+        };
+        let sent = self.current.load().registry.metrics.sendfile_bytes.clone();
+        self.serve(socket::Socket::new(tcp, sent), protocol).await;
+    }
+
+    /// The handshake runs in the connection's task, not the accept loop, and within the
+    /// head's deadline: a client that never finishes it holds nothing.
+    async fn serve_tls(self, tcp: tokio::net::TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
+        let deadline = self.current.load().registry.config.server.header_timeout;
+        let peer = self.peer;
+        let stream = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer, error = %crate::causes::Chain(&e), "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %peer, "TLS handshake not done within server.header_timeout");
+                return;
+            }
+        };
+        let protocol = protocol::Protocol::from_alpn(stream.get_ref().1.alpn_protocol());
+        self.serve(stream, protocol).await;
+    }
+
+    async fn serve<I>(self, io: I, protocol: protocol::Protocol)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            open: _open,
+            current,
+            servers,
+            watcher,
+            peer,
+        } = self;
+        let front = current.load_full();
+        // Deadlines from the configuration current now: a reload applies to new connections.
+        let server = &front.registry.config.server;
+        let (io, activity) = conn::Guarded::new(io, server.header_timeout, server.idle_timeout);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let front = current.load_full();
+            let busy = activity.begin();
+            async move {
+                let resp = respond(&front, req, peer).await;
+                Ok::<_, Infallible>(resp.map(|b| conn::hold(b, busy)))
+            }
+        });
+        servers.serve(io, protocol, service, watcher, peer).await;
+    }
+}
 
 /// An open connection: counted in `archway_connections_open`, holding its slot of
 /// `server.max_connections` until it ends.

@@ -9,8 +9,7 @@
 //! other buffer is written as usual. hyper is none the wiser: it asked for bytes to be
 //! written, and they were, from the same file they were mapped from.
 //!
-//! Only plain HTTP gets this: under TLS the socket only ever sees ciphertext, which lies in
-//! no window, so those writes go the ordinary way.
+//! Only plain HTTP gets this: a TLS connection's bytes are ciphertext, in no window.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
