@@ -160,4 +160,57 @@ mod tests {
         assert_eq!(Protocol::from_alpn(Some(b"http/1.1")), Protocol::Http1);
         assert_eq!(Protocol::from_alpn(None), Protocol::Undecided);
     }
+
+    /// Each server answers its version, and one still undecided answers both.
+    #[tokio::test]
+    async fn each_server_serves_its_version_and_undecided_serves_both() {
+        use http_body_util::BodyExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let toml =
+            "[[upstream]]\nname = \"up\"\nurl = \"http://127.0.0.1:1\"\nhosts = [\"up.test\"]\n";
+        let config = crate::config::Config::from_toml(toml, "test.toml", None).unwrap();
+        let servers = Servers::new(&config.server);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let peer: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let service = hyper::service::service_fn(|_req| async {
+            let body = http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+        });
+        for (protocol, h2) in [
+            (Protocol::Http1, false),
+            (Protocol::Undecided, false),
+            (Protocol::Http2, true),
+            (Protocol::Undecided, true),
+        ] {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let (servers, service, watcher) = (servers.clone(), service, graceful.watcher());
+            tokio::spawn(async move {
+                servers
+                    .serve(server, protocol, service, watcher, peer)
+                    .await
+            });
+            if h2 {
+                let (mut h2, conn) = h2::client::handshake(client).await.unwrap();
+                tokio::spawn(conn);
+                let req = http::Request::get("http://x/v2/").body(()).unwrap();
+                let (resp, _) = h2.send_request(req, true).unwrap();
+                let resp = resp.await.unwrap();
+                assert_eq!(resp.status(), 200, "{protocol:?} over HTTP/2");
+            } else {
+                client
+                    .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut buf = [0u8; 256];
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(
+                    buf[..n].starts_with(b"HTTP/1.1 200"),
+                    "{protocol:?} over HTTP/1.1: {}",
+                    String::from_utf8_lossy(&buf[..n])
+                );
+            }
+        }
+    }
 }
