@@ -264,7 +264,7 @@ impl ReaderState {
                 };
                 let limit = end.map_or(available, |e| e.min(available));
                 if self.pos < limit {
-                    if let Some(chunk) = self.spooled_window(limit).await {
+                    if let Some(chunk) = self.spooled_window(limit) {
                         self.pos += chunk.len() as u64;
                         return Ok(Some(chunk));
                     }
@@ -308,7 +308,7 @@ impl ReaderState {
     /// `pos..limit`, or a prefix, as a map of the spool, when enough of it is on disk to be
     /// worth one: a plain-HTTP client is then sent it from the page cache with sendfile,
     /// where the recent chunks in memory would be copied through archway once more.
-    async fn spooled_window(&self, limit: u64) -> Option<Bytes> {
+    fn spooled_window(&self, limit: u64) -> Option<Bytes> {
         let spool = self.fill.spool.get()?;
         let spooled = self
             .fill
@@ -319,7 +319,11 @@ impl ReaderState {
         if end < self.pos + mapped::MAP_AT_LEAST {
             return None;
         }
-        mapped::window(spool, self.pos, end - self.pos).ok()
+        // Just written, so in the page cache; were it not, memory or a read serve instead of
+        // this runtime thread waiting for the disk.
+        mapped::resident_window(spool, self.pos, end - self.pos)
+            .ok()
+            .flatten()
     }
 }
 

@@ -83,26 +83,49 @@ impl Drop for Window {
 
 /// Maps `len` bytes of a cache file at `offset`, as one chunk: the socket then sends them
 /// from the page cache (with `sendfile`, or a write straight from the map) instead of a
-/// read into a buffer and a second copy out of it. `len` must be positive.
-#[allow(unsafe_code)]
+/// read into a buffer and a second copy out of it. Pages not in the page cache are read in
+/// here, so a sendfile or a write from the map never waits for the disk: call it where
+/// blocking is allowed. `len` must be positive.
 pub(crate) fn window(file: &Arc<File>, offset: u64, len: u64) -> std::io::Result<Bytes> {
+    let map = map(file, offset, len, false)?;
+    if resident(file, offset, len as usize, &map) {
+        return Ok(register(file, offset, map));
+    }
+    Ok(register(file, offset, self::map(file, offset, len, true)?))
+}
+
+/// [`window`], when every page is in the page cache already: then it never waits for the
+/// disk, and a runtime thread may call it. `None` when some page would have to be read.
+pub(crate) fn resident_window(
+    file: &Arc<File>,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<Option<Bytes>> {
+    let map = map(file, offset, len, false)?;
+    Ok(resident(file, offset, len as usize, &map).then(|| register(file, offset, map)))
+}
+
+/// Maps the range, faulting every page in (`populate`: reading it from disk if need be) or
+/// none. Resident pages are best left unmapped: setting up and tearing down a page table
+/// entry per 4 KiB cost as much CPU as sendfile spends sending them.
+#[allow(unsafe_code)]
+fn map(file: &File, offset: u64, len: u64, populate: bool) -> std::io::Result<memmap2::Mmap> {
+    let mut options = memmap2::MmapOptions::new();
+    options.offset(offset).len(len as usize);
+    if populate {
+        options.populate();
+    }
     // SAFETY: a mapped file truncated while mapped would fault on access. Cache files are
     // never modified in place: a blob is written under .staging/, renamed into place once
     // verified, and afterwards only unlinked (eviction), which leaves existing mappings
     // intact. Spool files are only appended to, then renamed or unlinked. Callers keep
     // `offset + len` within the size the file had when opened (for a spool: what its
     // writer reported written).
-    let map_with = |options: &mut memmap2::MmapOptions| unsafe {
-        options.offset(offset).len(len as usize).map(&**file)
-    };
-    let mut map = map_with(&mut memmap2::MmapOptions::new())?;
-    // A sendfile or a write from the map must not wait for the disk on a runtime thread, so
-    // pages not in the page cache are read in here (on the blocking pool, for cached blobs).
-    // Resident pages are left unmapped: setting up and tearing down a page table entry per
-    // 4 KiB cost as much CPU as sendfile spends sending them.
-    if !resident(file, offset, len as usize, &map) {
-        map = map_with(memmap2::MmapOptions::new().populate())?;
-    }
+    unsafe { options.map(file) }
+}
+
+/// `map` as bytes, registered as showing `file` from `offset` for as long as it lives.
+fn register(file: &Arc<File>, offset: u64, map: memmap2::Mmap) -> Bytes {
     let shown = Shown {
         file: file.clone(),
         offset,
@@ -111,7 +134,7 @@ pub(crate) fn window(file: &Arc<File>, offset: u64, len: u64) -> std::io::Result
     if let Ok(mut windows) = WINDOWS.write() {
         windows.insert(map.as_ptr() as usize, shown);
     }
-    Ok(Bytes::from_owner(Window { map }))
+    Bytes::from_owner(Window { map })
 }
 
 /// Whether every page of `len` bytes of `file` from `offset` (which `map` shows) is in the
@@ -264,6 +287,10 @@ mod tests {
             "cachestat: evicted pages counted as cached"
         );
         assert!(!mincore, "mincore: evicted pages taken for resident");
+        assert!(
+            resident_window(&f, 200_001, 300_000).unwrap().is_none(),
+            "a runtime thread would wait for the disk"
+        );
 
         // Probed before the window's bytes are touched, which would fault them in anyway.
         let w = window(&f, 200_001, 300_000).unwrap();
@@ -275,5 +302,7 @@ mod tests {
         );
         assert!(mincore, "mincore: read-in pages not resident");
         assert_eq!(&w[..], &data[200_001..500_001]);
+        let again = resident_window(&f, 200_001, 300_000).unwrap();
+        assert_eq!(again.as_deref(), Some(&data[200_001..500_001]));
     }
 }

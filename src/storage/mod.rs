@@ -304,8 +304,23 @@ impl Store {
                         .len()
                 }
             };
-            let map = range.end - range.start >= mapped::MAP_AT_LEAST;
-            return Ok(Some(file_stream(file, range, map)));
+            // Never map past the end of the file: touching such a page is a fatal signal,
+            // where a read reports a short file.
+            let map = range.end - range.start >= mapped::MAP_AT_LEAST
+                && file.metadata().is_ok_and(|m| m.len() >= range.end);
+            if map {
+                let file = Arc::new(file);
+                let first = (range.end - range.start).min(mapped::MAP_WINDOW);
+                match mapped::resident_window(&file, range.start, first) {
+                    Ok(first) => return Ok(Some(mapped_stream(file, range, first))),
+                    // Unusual file systems may refuse maps: read instead.
+                    Err(e) => {
+                        tracing::debug!(error = %crate::causes::Chain(&e), "cannot map a cache file; reading it");
+                        return Ok(Some(file_stream(file, range)));
+                    }
+                }
+            }
+            return Ok(Some(file_stream(Arc::new(file), range)));
         }
         let opts = GetOptions {
             range: range.map(GetRange::Bounded),
@@ -467,13 +482,41 @@ impl Store {
     }
 }
 
-/// Streams `range` of `file` from the blocking pool, one task per response: memory-mapped
-/// windows when `map` (large blobs), else large sequential reads. `read_to_end` into a fresh
-/// buffer fills it without zeroing it first, which at disk-cache speeds is a measurable share
-/// of the copy.
-pub(crate) fn file_stream(file: std::fs::File, range: Range<u64>, map: bool) -> ByteStream {
-    let file = Arc::new(file);
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(if map { 2 } else { 4 });
+/// Streams `range` of `file` as mapped windows, `first` being the first one if it was
+/// resident. A window whose pages are all in the page cache is mapped right on the runtime
+/// thread: a map that reads nothing costs a syscall, never the disk. Only one that is not
+/// goes to the blocking pool to be read in. Handing every window over from a blocking
+/// thread (the thread woken, a channel, the runtime woken back) cost more CPU per GB than
+/// sendfile spends sending it.
+fn mapped_stream(file: Arc<std::fs::File>, range: Range<u64>, first: Option<Bytes>) -> ByteStream {
+    let end = range.end;
+    futures_util::stream::try_unfold((range.start, first), move |(pos, resident)| {
+        let file = file.clone();
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let want = (end - pos).min(mapped::MAP_WINDOW);
+            let window = match resident {
+                Some(w) => w,
+                None => match mapped::resident_window(&file, pos, want)? {
+                    Some(w) => w,
+                    None => tokio::task::spawn_blocking(move || mapped::window(&file, pos, want))
+                        .await
+                        .map_err(std::io::Error::other)??,
+                },
+            };
+            Ok(Some((window, (pos + want, None))))
+        }
+    })
+    .boxed()
+}
+
+/// Streams `range` of `file` from the blocking pool, one task per response, in large
+/// sequential reads. `read_to_end` into a fresh buffer fills it without zeroing it first,
+/// which at disk-cache speeds is a measurable share of the copy.
+fn file_stream(file: Arc<std::fs::File>, range: Range<u64>) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, SeekFrom};
         if let Err(e) = (&*file).seek(SeekFrom::Start(range.start)) {
@@ -481,41 +524,19 @@ pub(crate) fn file_stream(file: std::fs::File, range: Range<u64>, map: bool) -> 
             return;
         }
         let mut pos = range.start;
-        // Never map past the end of the file: touching such a page is a fatal signal, where
-        // a read reports a short file.
-        let mut map = map && file.metadata().is_ok_and(|m| m.len() >= range.end);
         while pos < range.end {
-            let item = if map {
-                let want = (range.end - pos).min(mapped::MAP_WINDOW);
-                match mapped::window(&file, pos, want) {
-                    Ok(b) => {
-                        pos += want;
-                        Ok(b)
-                    }
-                    Err(e) => {
-                        // Unusual file systems may refuse maps: read instead.
-                        tracing::debug!(error = %crate::causes::Chain(&e), "cannot map a cache file; reading it");
-                        map = false;
-                        if let Err(e) = (&*file).seek(SeekFrom::Start(pos)) {
-                            let _ = tx.blocking_send(Err(e));
-                        }
-                        continue;
-                    }
+            let want = (range.end - pos).min(READ_CHUNK as u64);
+            let mut buf = Vec::with_capacity(want as usize);
+            let item = match (&*file).take(want).read_to_end(&mut buf) {
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "cached blob is shorter than expected",
+                )),
+                Ok(n) => {
+                    pos += n as u64;
+                    Ok(Bytes::from(buf))
                 }
-            } else {
-                let want = (range.end - pos).min(READ_CHUNK as u64);
-                let mut buf = Vec::with_capacity(want as usize);
-                match (&*file).take(want).read_to_end(&mut buf) {
-                    Ok(0) => Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "cached blob is shorter than expected",
-                    )),
-                    Ok(n) => {
-                        pos += n as u64;
-                        Ok(Bytes::from(buf))
-                    }
-                    Err(e) => Err(e),
-                }
+                Err(e) => Err(e),
             };
             let stop = item.is_err();
             if tx.blocking_send(item).is_err() || stop {

@@ -254,6 +254,21 @@ async fn cached_blobs_are_sent_with_sendfile_ranges_included() {
     assert_eq!(r.bytes().await.unwrap(), &big.data[100_001..1_600_001]);
     assert_eq!(sent().await - before, 1_500_000.0);
 
+    // Evicted from the page cache, the file is read back in (off the runtime threads) and
+    // sent the same way.
+    let hex = big.digest.trim_start_matches("sha256:");
+    let path = aw
+        .cache_dir()
+        .join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
+    let file = std::fs::File::open(&path).unwrap();
+    rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    let before = sent().await;
+    assert_eq!(
+        c.get(&url).send().await.unwrap().bytes().await.unwrap(),
+        big.data
+    );
+    assert_eq!(sent().await - before, big.data.len() as f64);
+
     // A 10-byte blob is read, not mapped.
     let tiny = &img.layers[2];
     let url = format!("{}/v2/zerocopy/blobs/{}", aw.url(), tiny.digest);
