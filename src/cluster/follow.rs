@@ -110,8 +110,8 @@ impl Follower {
     async fn connect(&mut self) -> Result<()> {
         let c = self.cluster.clone();
         let key = lease::key(&self.d);
-        // When the owner was first found unreachable, and its lease's expiry then.
-        let mut unreachable: Option<(Instant, u64)> = None;
+        // Which owner was first found unreachable, when, and its lease's expiry then.
+        let mut unreachable: Option<(String, Instant, u64)> = None;
         loop {
             // Committed meanwhile: the rest is in the store.
             if let Some(size) = c.store.blob_size(&self.d).await? {
@@ -175,8 +175,19 @@ impl Follower {
                     // failed and released the lease. Look again.
                     Ok(None) => {}
                     Err(e) => {
-                        let (since, expiry) =
-                            *unreachable.get_or_insert((Instant::now(), v.value.expires_at));
+                        // A new owner (it took over from the one that went away) gets its
+                        // own TTL to answer: its lease is newer, which must not read as
+                        // "the unreachable owner still renews".
+                        let (since, expiry) = match &unreachable {
+                            Some((owner, since, expiry)) if *owner == v.value.owner => {
+                                (*since, *expiry)
+                            }
+                            _ => {
+                                let first = (Instant::now(), v.value.expires_at);
+                                unreachable = Some((v.value.owner.clone(), first.0, first.1));
+                                first
+                            }
+                        };
                         // An owner that still renews is alive but unreachable from here: after
                         // a TTL, fetch here. One that stopped renewing is dead: its lease
                         // lapses within a TTL and is taken over above (three TTLs at most,

@@ -75,10 +75,17 @@ async fn renew(
     ttl: Duration,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let every = ttl / 3;
+    // At a fixed rate from when the lease was written, not a fixed pause after each write: a
+    // store that takes a while to answer then eats into the margin (two thirds of the TTL)
+    // instead of adding to the period, so the lease lapses only when one write takes longer
+    // than that margin.
+    let left = Duration::from_millis(held.value.expires_at.saturating_sub(now_millis()));
+    let first = tokio::time::Instant::now() + left.saturating_sub(ttl * 2 / 3);
+    let mut every = tokio::time::interval_at(first, ttl / 3);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = every.tick() => {}
             _ = &mut stop => break,
         }
         let next = Lease::new(&held.value.owner, &held.value.peer, ttl);
@@ -108,6 +115,72 @@ async fn renew(
         Ok(_) => {}
         Err(e) => {
             tracing::debug!(lease = %key, error = %crate::causes::Chain(&e), "cannot release a fill lease; it lapses");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+    use object_store::ObjectStoreExt;
+    use std::sync::Arc;
+    use tokio::time::Instant;
+
+    /// With every write taking 40% of the TTL, each renewal must land before the previous
+    /// lease runs out. Renewing a fixed pause after each write (the period growing by the
+    /// store's latency) fails this: the gap reaches TTL/3 + the latency.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_store_eats_into_the_margin_not_the_period() {
+        let ttl = Duration::from_secs(3);
+        let latency = Duration::from_millis(1200);
+        let inner = Arc::new(InMemory::new());
+        let slow = ThrottledStore::new(
+            inner.clone(),
+            ThrottleConfig {
+                wait_put_per_call: latency,
+                ..Default::default()
+            },
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::from_object_store(Arc::new(slow), dir.path().to_path_buf());
+        // Created on the fast store, so the lease is written at the moment it is dated.
+        let fast = Store::from_object_store(inner.clone(), dir.path().to_path_buf());
+        let d = Digest::sha256_of(b"blob");
+        let held = match fast
+            .create_record(&key(&d), &Lease::new("me", "http://me", ttl))
+            .await
+            .unwrap()
+        {
+            crate::storage::Created::Created(v) => v,
+            other => panic!("{other:?}"),
+        };
+        let guard = LeaseGuard::hold(store, &d, held, ttl);
+
+        // When each version of the record became visible, watched on the fast inner store.
+        let (mut seen, mut last) = (vec![Instant::now()], None);
+        let end = Instant::now() + 10 * ttl;
+        while Instant::now() < end {
+            let tag = inner.head(&key(&d)).await.unwrap().e_tag;
+            if last.as_ref().is_some_and(|l| *l != tag) {
+                seen.push(Instant::now());
+            }
+            last = Some(tag);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(guard);
+        assert!(seen.len() >= 10, "renewals: {}", seen.len() - 1);
+        // A renewal started at `t` holds until `t + ttl` and shows at `t + latency` (the
+        // lease itself showed as it was dated); each is seen within a poll of showing.
+        let poll = Duration::from_millis(50);
+        for (i, w) in seen.windows(2).enumerate() {
+            let gap = w[1] - w[0];
+            let dated = if i == 0 { Duration::ZERO } else { latency };
+            assert!(
+                gap + dated <= ttl + poll,
+                "a renewal {gap:?} after the previous one: the lease lapsed in between"
+            );
         }
     }
 }

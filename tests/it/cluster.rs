@@ -112,7 +112,7 @@ impl Herd {
             // The relay holds a transfer for as long as a test needs.
             read_timeout: "60s".into(),
             extra: format!(
-                "{}\n[cluster]\n{advertise}secret_file = \"{}\"\nlease_ttl = \"2s\"\n",
+                "{}\n[cluster]\n{advertise}secret_file = \"{}\"\nlease_ttl = \"5s\"\n",
                 self.bucket.toml(),
                 self.secrets.path().join("cluster").display()
             ),
