@@ -4,7 +4,8 @@
 //! A fill is a spawned task, owned by no request: a client that disconnects or reads slowly
 //! neither cancels nor throttles it (distribution's proxy ties the fill to its first client
 //! and sends concurrent clients back to the upstream). Readers, the first client included,
-//! follow the fill's spool file with positional reads, woken by a `watch` of the byte count.
+//! follow the fill's spool file, woken by a `watch` of the byte count: large ranges as maps of
+//! the spool (which a plain-HTTP socket sends with sendfile), small ones from memory.
 //! The last byte of a blob is released only after the digest verified, so a client never
 //! receives a complete response for content that failed verification.
 
@@ -109,7 +110,8 @@ pub struct Fill {
     /// How much of the blob the spool holds (`u64::MAX`: all; less once the disk filled).
     spool_limit: OnceLock<Arc<std::sync::atomic::AtomicU64>>,
     /// The most recently written chunks, by offset: readers keeping up with the upstream take
-    /// their bytes from here (a reference count, no copy) instead of reading the spool back.
+    /// pieces smaller than a map is worth from here (a reference count, no copy), and all
+    /// their bytes when the disk filled and the spool stopped taking them.
     recent: Mutex<VecDeque<(u64, Bytes)>>,
     progress: watch::Receiver<Progress>,
 }
@@ -262,6 +264,10 @@ impl ReaderState {
                 };
                 let limit = end.map_or(available, |e| e.min(available));
                 if self.pos < limit {
+                    if let Some(chunk) = self.spooled_window(limit) {
+                        self.pos += chunk.len() as u64;
+                        return Ok(Some(chunk));
+                    }
                     if let Some(chunk) = self.fill.recent_slice(self.pos, limit) {
                         self.pos += chunk.len() as u64;
                         return Ok(Some(chunk));
@@ -295,6 +301,29 @@ impl ReaderState {
                 closed = true;
             }
         }
+    }
+}
+
+impl ReaderState {
+    /// `pos..limit`, or a prefix, as a map of the spool, when enough of it is on disk to be
+    /// worth one: a plain-HTTP client is then sent it from the page cache with sendfile,
+    /// where the recent chunks in memory would be copied through archway once more.
+    fn spooled_window(&self, limit: u64) -> Option<Bytes> {
+        let spool = self.fill.spool.get()?;
+        let spooled = self
+            .fill
+            .spool_limit
+            .get()
+            .map_or(u64::MAX, |l| l.load(std::sync::atomic::Ordering::Acquire));
+        let end = limit.min(spooled).min(self.pos + MAP_WINDOW);
+        if end < self.pos + mapped::MAP_AT_LEAST {
+            return None;
+        }
+        // Just written, so in the page cache; were it not, memory or a read serve instead of
+        // this runtime thread waiting for the disk.
+        mapped::resident_window(spool, self.pos, end - self.pos)
+            .ok()
+            .flatten()
     }
 }
 
@@ -578,6 +607,47 @@ mod tests {
             // A late reader with a range still works from the spool.
             let part: Vec<Bytes> = fill.reader(5, Some(7)).try_collect().await.unwrap();
             assert_eq!(part.concat(), b"56");
+        }
+    }
+
+    /// A reader at the live tail gets what is spooled as maps of the spool once there is
+    /// enough of it (sent with sendfile on plain HTTP), and small pieces from memory.
+    #[tokio::test]
+    async fn live_readers_get_large_spooled_ranges_as_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        for local in [true, false] {
+            let store = store(dir.path(), local);
+            let fills = Fills::new(store.clone());
+            let data: Vec<u8> = (0..301_000u32).map(|i| (i % 253) as u8).collect();
+            let d = Digest::sha256_of(&data);
+            let (tx, src) = channel_source(Some(data.len() as u64));
+            let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
+            let mut r = fill.reader(0, None);
+            tx.send(Ok(Bytes::copy_from_slice(&data[..1000])))
+                .await
+                .unwrap();
+            let small = r.try_next().await.unwrap().unwrap();
+            assert_eq!(&small[..], &data[..999]);
+            assert!(
+                super::mapped::file_bytes(&small).is_none(),
+                "small: from memory"
+            );
+
+            tx.send(Ok(Bytes::copy_from_slice(&data[1000..200_000])))
+                .await
+                .unwrap();
+            let large = r.try_next().await.unwrap().unwrap();
+            assert_eq!(&large[..], &data[999..199_999]);
+            let at = super::mapped::file_bytes(&large).expect("large: a map of the spool");
+            assert_eq!(at.offset, 999);
+
+            tx.send(Ok(Bytes::copy_from_slice(&data[200_000..])))
+                .await
+                .unwrap();
+            drop(tx);
+            let rest: Vec<Bytes> = r.try_collect().await.unwrap();
+            assert_eq!([small, large, rest.concat().into()].concat(), data);
+            assert_eq!(fill.finished().await.unwrap(), data.len() as u64);
         }
     }
 

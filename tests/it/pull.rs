@@ -219,7 +219,7 @@ async fn cached_blobs_are_sent_with_sendfile_ranges_included() {
     };
     let big = &img.layers[1];
     let url = format!("{}/v2/zerocopy/blobs/{}", aw.url(), big.digest);
-    // The cold fill streams from memory, and caches the blob: a client has every byte once
+    // The cold fill streams the blob and caches it: a client has every byte once
     // the digest is verified, the file is in place once the fill is counted out.
     assert_eq!(
         c.get(&url).send().await.unwrap().bytes().await.unwrap(),
