@@ -137,6 +137,12 @@ impl Fill {
         }
     }
 
+    fn forget_recent(&self) {
+        if let Ok(mut recent) = self.recent.lock() {
+            *recent = VecDeque::new();
+        }
+    }
+
     /// `pos..limit` (or a prefix of it) from the recent chunks, if they still hold `pos`.
     fn recent_slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
         let recent = self.recent.lock().ok()?;
@@ -450,19 +456,27 @@ impl Fills {
                 }
                 Err(_) => {}
             }
-            tx.send_modify(|p| {
-                p.phase = match (result, &p.phase) {
-                    (Ok(()), _) => Phase::Done,
-                    (Err(e), Phase::Verified) => {
-                        tracing::warn!(digest = %task_fill.digest, error = %crate::causes::Chain(&e), "blob verified and served, but the store would not take it; nothing cached");
-                        Phase::Unpublished(Arc::new(e))
-                    }
-                    (Err(e), _) => {
-                        tracing::warn!(digest = %task_fill.digest, error = %crate::causes::Chain(&e), "blob fill failed; nothing cached");
-                        Phase::Failed(Arc::new(e))
-                    }
+            let verified = matches!(tx.borrow().phase, Phase::Verified);
+            let phase = match (result, verified) {
+                (Ok(()), _) => Phase::Done,
+                (Err(e), true) => {
+                    tracing::warn!(digest = %task_fill.digest, error = %crate::causes::Chain(&e), "blob verified and served, but the store would not take it; nothing cached");
+                    Phase::Unpublished(Arc::new(e))
                 }
-            });
+                (Err(e), false) => {
+                    tracing::warn!(digest = %task_fill.digest, error = %crate::causes::Chain(&e), "blob fill failed; nothing cached");
+                    Phase::Failed(Arc::new(e))
+                }
+            };
+            // Published, every byte is in the spool (the cache file itself on disk); failed,
+            // none may be read. Either way the chunks in memory are no longer anyone's only
+            // copy, and readers still streaming a finished fill would otherwise keep them,
+            // and hyper's read buffers under them, alive until the last of them is done.
+            // Before the phase is announced, so whoever sees it sees them gone.
+            if matches!(phase, Phase::Done | Phase::Failed(_)) {
+                task_fill.forget_recent();
+            }
+            tx.send_modify(|p| p.phase = phase);
         });
         (fill, true)
     }
@@ -648,6 +662,41 @@ mod tests {
             let rest: Vec<Bytes> = r.try_collect().await.unwrap();
             assert_eq!([small, large, rest.concat().into()].concat(), data);
             assert_eq!(fill.finished().await.unwrap(), data.len() as u64);
+        }
+    }
+
+    /// Once published, a fill keeps no chunks in memory, and a reader still streaming it
+    /// reads the rest from the spool.
+    #[tokio::test]
+    async fn a_finished_fill_lets_go_of_its_chunks_and_readers_finish_from_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        for local in [true, false] {
+            let store = store(dir.path(), local);
+            let fills = Fills::new(store.clone());
+            let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+            let d = Digest::sha256_of(&data);
+            let (tx, src) = channel_source(Some(data.len() as u64));
+            let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
+            let mut r = fill.reader(0, None);
+            tx.send(Ok(Bytes::copy_from_slice(&data[..4000])))
+                .await
+                .unwrap();
+            let first = r.try_next().await.unwrap().unwrap();
+            assert!(
+                !fill.recent.lock().unwrap().is_empty(),
+                "kept while filling"
+            );
+            tx.send(Ok(Bytes::copy_from_slice(&data[4000..])))
+                .await
+                .unwrap();
+            drop(tx);
+            assert_eq!(fill.finished().await.unwrap(), data.len() as u64);
+            assert!(
+                fill.recent.lock().unwrap().is_empty(),
+                "kept after publishing"
+            );
+            let rest: Vec<Bytes> = r.try_collect().await.unwrap();
+            assert_eq!([first, rest.concat().into()].concat(), data);
         }
     }
 
