@@ -122,19 +122,17 @@ impl Servers {
         S::Future: Send + 'static,
     {
         let io = TokioIo::new(io);
+        // Each connection boxed at its own size: inline, every connection's task would be
+        // as large as the largest of the three (the undecided one holds both servers).
         let ended = match protocol {
-            Protocol::Http1 => watcher
-                .watch(self.http1.serve_connection(io, service))
+            Protocol::Http1 => Box::pin(watcher.watch(self.http1.serve_connection(io, service)))
                 .await
                 .map_err(Into::into),
-            Protocol::Http2 => watcher
-                .watch(self.http2.serve_connection(io, service))
+            Protocol::Http2 => Box::pin(watcher.watch(self.http2.serve_connection(io, service)))
                 .await
                 .map_err(Into::into),
             Protocol::Undecided => {
-                watcher
-                    .watch(self.auto.serve_connection(io, service).into_owned())
-                    .await
+                Box::pin(watcher.watch(self.auto.serve_connection(io, service).into_owned())).await
             }
         };
         if let Err(e) = ended {
