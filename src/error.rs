@@ -88,6 +88,9 @@ pub enum Error {
     ManifestTooLarge,
     #[error("{0}")]
     SizeInvalid(String),
+    /// A request body paused longer than `server.body_timeout`.
+    #[error("{0}")]
+    BodyStalled(String),
     /// The upstream failed; what that means for the client depends on how (see
     /// [`UpstreamError::failure`]).
     #[error("{}", upstream_summary(.0))]
@@ -157,6 +160,8 @@ impl Error {
             Error::ManifestBlobUnknown(_) => "MANIFEST_BLOB_UNKNOWN",
             Error::ManifestTooLarge => "MANIFEST_INVALID",
             Error::SizeInvalid(_) => "SIZE_INVALID",
+            // The spec has no code for a timeout; the status and the message say it.
+            Error::BodyStalled(_) => "UNKNOWN",
             Error::Upstream(e) => match e.failure() {
                 Failure::RateLimited => "TOOMANYREQUESTS",
                 Failure::Denied => "DENIED",
@@ -195,6 +200,7 @@ impl Error {
             | Error::DigestWrong { .. }
             | Error::ManifestBlobUnknown(_)
             | Error::SizeInvalid(_) => StatusCode::BAD_REQUEST,
+            Error::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
             Error::ManifestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Upstream(e) => match e.failure() {
                 Failure::RateLimited => StatusCode::TOO_MANY_REQUESTS,

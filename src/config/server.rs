@@ -1,5 +1,5 @@
 //! `[server]`: the registry listener, its TLS certificate, what one client may hold of it
-//! (head and idle deadlines, head size, connections), and how long shutdown waits.
+//! (head, body and idle deadlines, head size, connections), and how long shutdown waits.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,8 @@ const DEFAULT_LISTEN: SocketAddr =
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's `client_body_timeout`: a pause this long between two reads of a body.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
 /// hyper cannot read with a smaller buffer (and no client needs less).
 const MIN_MAX_HEADER_BYTES: u64 = 8 * 1024;
@@ -27,6 +29,7 @@ pub(super) struct RawServer {
     shutdown_grace: Option<String>,
     header_timeout: Option<String>,
     idle_timeout: Option<String>,
+    body_timeout: Option<String>,
     max_header_bytes: Option<String>,
     max_connections: Option<usize>,
     tls: Option<RawTls>,
@@ -51,6 +54,9 @@ pub struct ServerConfig {
     pub header_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
+    /// A request body (a push) that sends nothing for this long is answered 408 and its
+    /// connection closed: a stalled chunk would otherwise hold its upload's lock for good.
+    pub body_timeout: Duration,
     /// Request heads (HTTP/1 head, HTTP/2 header list) over this get 431.
     pub max_header_bytes: usize,
     /// Connections served at once; more wait in the listen backlog.
@@ -115,6 +121,12 @@ pub(super) fn validate(raw: RawServer, base: Option<&Path>, errs: &mut Errors) -
         raw.idle_timeout.as_deref(),
         DEFAULT_IDLE_TIMEOUT,
     );
+    let body_timeout = positive(
+        errs,
+        "server.body_timeout",
+        raw.body_timeout.as_deref(),
+        DEFAULT_BODY_TIMEOUT,
+    );
     let max_header_bytes = match values::size(
         errs,
         "server.max_header_bytes",
@@ -141,7 +153,50 @@ pub(super) fn validate(raw: RawServer, base: Option<&Path>, errs: &mut Errors) -
         shutdown_grace,
         header_timeout,
         idle_timeout,
+        body_timeout,
         max_header_bytes,
         max_connections: max_connections.max(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const UP: &str =
+        "[[upstream]]\nname = \"up\"\nurl = \"http://127.0.0.1:1\"\nhosts = [\"up.test\"]\n";
+
+    fn errors(server: &str) -> Vec<String> {
+        match Config::from_toml(&format!("[server]\n{server}\n{UP}"), "t.toml", None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.key, e.reason))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn deadlines_default_and_each_bad_one_is_named() {
+        let c = Config::from_toml(UP, "t.toml", None).unwrap().server;
+        let secs = |d: std::time::Duration| d.as_secs();
+        assert_eq!(
+            (
+                secs(c.header_timeout),
+                secs(c.idle_timeout),
+                secs(c.body_timeout)
+            ),
+            (10, 60, 60)
+        );
+        for key in ["header_timeout", "idle_timeout", "body_timeout"] {
+            let e = errors(&format!("{key} = \"0s\""));
+            assert_eq!(e, [format!("server.{key}: must be more than 0")]);
+            let e = errors(&format!("{key} = \"soon\""));
+            assert!(
+                e.len() == 1 && e[0].starts_with(&format!("server.{key}: ")),
+                "{e:?}"
+            );
+        }
     }
 }

@@ -157,12 +157,31 @@ fn deleter(registry: &Registry, t: &Target) -> Result<()> {
     }
 }
 
-/// The request body as a stream.
-fn body_stream(req: Request<Incoming>) -> uploads::Body {
-    http_body_util::BodyStream::new(req.into_body())
+/// The request body as a stream, cut when it pauses longer than `server.body_timeout`: a
+/// client that stops sending mid-chunk would otherwise hold the upload's lock, and its
+/// connection, for good. Once cut, the stream ends; the body is left unread, so hyper
+/// closes the connection after the 408.
+fn body_stream(registry: &Registry, req: Request<Incoming>) -> uploads::Body {
+    let stall = registry.config.server.body_timeout;
+    let frames = http_body_util::BodyStream::new(req.into_body())
         .try_filter_map(|frame| futures_util::future::ready(Ok(frame.into_data().ok())))
         .map_err(|e| Error::io("the request body broke off", std::io::Error::other(e)))
-        .boxed()
+        .boxed();
+    futures_util::stream::unfold(Some(frames), move |frames| async move {
+        let mut frames = frames?;
+        match tokio::time::timeout(stall, frames.next()).await {
+            Ok(Some(item)) => Some((item, Some(frames))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(Error::BodyStalled(format!(
+                    "the request body sent nothing for {} (server.body_timeout)",
+                    humantime::format_duration(stall)
+                ))),
+                None,
+            )),
+        }
+    })
+    .boxed()
 }
 
 async fn manifest(
@@ -207,7 +226,7 @@ async fn put_manifest(
     if announced.is_some_and(|l| l > MAX_MANIFEST_SIZE as u64) {
         return Err(Error::ManifestTooLarge);
     }
-    let mut body = body_stream(req);
+    let mut body = body_stream(registry, req);
     let mut bytes = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
@@ -301,7 +320,9 @@ async fn start_upload(
         // Not readable from there: an ordinary upload, as the spec says.
     }
     if let Some(d) = digest(query_param(q, "digest"))? {
-        hosted.monolithic(&t.repo, &d, body_stream(req)).await?;
+        hosted
+            .monolithic(&t.repo, &d, body_stream(registry, req))
+            .await?;
         return created_blob(t, &d);
     }
     let id = hosted.start_upload(&t.repo).await?;
@@ -379,7 +400,7 @@ async fn patch(
     let location = upload_location(t, id);
     let size = registry
         .hosted()
-        .append(&t.repo, id, range, body_stream(req), &location)
+        .append(&t.repo, id, range, body_stream(registry, req), &location)
         .await?;
     upload_answer(StatusCode::ACCEPTED, t, id, size)
 }
@@ -398,7 +419,14 @@ async fn finish(
     let location = upload_location(t, id);
     registry
         .hosted()
-        .finish(&t.repo, id, &d, range, body_stream(req), &location)
+        .finish(
+            &t.repo,
+            id,
+            &d,
+            range,
+            body_stream(registry, req),
+            &location,
+        )
         .await?;
     created_blob(t, &d)
 }

@@ -2,6 +2,8 @@
 //! chunked, streamed, status, cancel, mount), manifest validation, content discovery, content
 //! management, auth, and restarts in the middle of an upload. Real archway binary, real HTTP.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::support::archway::{Archway, Settings};
@@ -246,6 +248,77 @@ async fn monolithic_and_two_step_uploads() {
     assert_eq!(f.head_blob("local/team/app", &c.digest).await, 200);
     // Another repository does not have it.
     assert_eq!(f.head_blob("local/other", &c.digest).await, 404);
+}
+
+/// A chunk whose body stops half-way is answered 408 at `server.body_timeout` and its
+/// connection closed; nothing of it is kept, and the upload goes on from where it stood
+/// (the stalled chunk held the upload's lock until it was cut).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_stops_half_way_gets_408_at_the_body_timeout_and_the_upload_goes_on() {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        extra: hosted_toml(dir.path(), false),
+        server_extra: "body_timeout = \"1s\"".into(),
+        ..Settings::single(&up.url())
+    };
+    let aw = Archway::start(&settings).await;
+    let f = Fixture {
+        up,
+        aw,
+        settings,
+        _dir: dir,
+    };
+    let data = random_bytes(unique_seed(), 20_000);
+    let loc = f.start_upload("local/team/app").await;
+    let path = url::Url::parse(&f.url(&loc)).unwrap();
+    let path = &f.url(&loc)[path.origin().ascii_serialization().len()..];
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", WRITER.0, WRITER.1));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", f.aw.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&data[..5_000]).await.unwrap();
+    // Then nothing: archway answers and closes. The deadline only turns a hang into a
+    // failure.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut answer))
+        .await
+        .expect("the stalled chunk was never answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"UNKNOWN""#), "{answer}");
+    assert!(answer.contains("server.body_timeout"), "{answer}");
+
+    let st = f.req(reqwest::Method::GET, &loc).send().await.unwrap();
+    assert_eq!(st.status(), 204);
+    assert_eq!(
+        st.headers()["range"],
+        "0-0",
+        "nothing of the cut chunk kept"
+    );
+    let r = f.patch(&loc, None, &data).await;
+    assert_eq!(r.status(), 202, "{}", f.aw.log_text());
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let r = f
+        .req(
+            reqwest::Method::PUT,
+            &format!("{loc}{sep}digest={}", sha256(&data)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
