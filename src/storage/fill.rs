@@ -12,6 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::ops::Range;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
@@ -112,12 +113,69 @@ pub struct Fill {
     /// The most recently written chunks, by offset: readers keeping up with the upstream take
     /// pieces smaller than a map is worth from here (a reference count, no copy), and all
     /// their bytes when the disk filled and the spool stopped taking them.
-    recent: Mutex<VecDeque<(u64, Bytes)>>,
+    recent: Mutex<Recent>,
     progress: watch::Receiver<Progress>,
+}
+
+/// A fill's chunks in memory, and what they count against the budget of all fills.
+struct Recent {
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    budget: Arc<Budget>,
+}
+
+/// The bytes of recent chunks all fills hold together, and how many they may hold.
+#[derive(Debug)]
+struct Budget {
+    used: std::sync::atomic::AtomicUsize,
+    limit: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget {
+            used: Default::default(),
+            limit: RECENT_BUDGET,
+        }
+    }
+}
+
+impl Recent {
+    fn push(&mut self, off: u64, b: Bytes) {
+        self.bytes += b.len();
+        self.budget.used.fetch_add(b.len(), Ordering::Relaxed);
+        self.chunks.push_back((off, b));
+    }
+
+    fn pop(&mut self) {
+        if let Some((_, b)) = self.chunks.pop_front() {
+            self.bytes -= b.len();
+            self.budget.used.fetch_sub(b.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn clear(&mut self) {
+        while !self.chunks.is_empty() {
+            self.pop();
+        }
+        self.chunks = VecDeque::new();
+    }
+}
+
+impl Drop for Recent {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// Bytes of recent chunks a fill keeps in memory for readers at the live tail.
 const RECENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bytes of recent chunks all fills together keep in memory. Each chunk also pins the
+/// upstream client's read buffer it was cut from: the 200 cold fills at the start of the
+/// soak held 48 MiB of those at the heap's peak. Past this, a fill keeps only its newest
+/// chunk and its readers take the rest from the spool, which holds every byte of it.
+const RECENT_BUDGET: usize = 32 * 1024 * 1024;
 
 impl Fill {
     fn remember(&self, end: u64, batch: &[Bytes]) {
@@ -126,20 +184,27 @@ impl Fill {
         };
         let mut off = end - batch.iter().map(|b| b.len() as u64).sum::<u64>();
         for b in batch {
-            recent.push_back((off, b.clone()));
+            recent.push(off, b.clone());
             off += b.len() as u64;
         }
-        let mut total: usize = recent.iter().map(|(_, b)| b.len()).sum();
-        while total > RECENT_BYTES && recent.len() > 1 {
-            if let Some((_, b)) = recent.pop_front() {
-                total -= b.len();
-            }
+        // Once the disk filled, memory is the only copy of what the spool did not take: then
+        // only the fill's own bound applies, not the budget of all fills.
+        let spool_full = self
+            .spool_limit
+            .get()
+            .is_some_and(|l| l.load(Ordering::Acquire) != u64::MAX);
+        let limit = recent.budget.limit;
+        while recent.chunks.len() > 1
+            && (recent.bytes > RECENT_BYTES
+                || (!spool_full && recent.budget.used.load(Ordering::Relaxed) > limit))
+        {
+            recent.pop();
         }
     }
 
     fn forget_recent(&self) {
         if let Ok(mut recent) = self.recent.lock() {
-            *recent = VecDeque::new();
+            recent.clear();
         }
     }
 
@@ -147,6 +212,7 @@ impl Fill {
     fn recent_slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
         let recent = self.recent.lock().ok()?;
         let (off, b) = recent
+            .chunks
             .iter()
             .find(|(off, b)| *off <= pos && pos < off + b.len() as u64)?;
         let start = (pos - off) as usize;
@@ -363,6 +429,7 @@ async fn read_at(file: Arc<std::fs::File>, range: Range<u64>) -> std::io::Result
 pub struct Fills {
     store: Store,
     map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    budget: Arc<Budget>,
 }
 
 /// Removes a fill from the map however its task ends, panics included.
@@ -384,6 +451,19 @@ impl Fills {
         Fills {
             store,
             map: Arc::default(),
+            budget: Arc::default(),
+        }
+    }
+
+    /// Fills whose chunks in memory may come to `limit` bytes together.
+    #[cfg(test)]
+    fn with_recent_budget(store: Store, limit: usize) -> Fills {
+        Fills {
+            budget: Arc::new(Budget {
+                used: Default::default(),
+                limit,
+            }),
+            ..Fills::new(store)
         }
     }
 
@@ -434,7 +514,11 @@ impl Fills {
             origin: origin.to_string(),
             spool: OnceLock::new(),
             spool_limit: OnceLock::new(),
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::new(Recent {
+                chunks: VecDeque::new(),
+                bytes: 0,
+                budget: self.budget.clone(),
+            }),
             progress: rx,
         });
         map.insert(d.clone(), fill.clone());
@@ -665,6 +749,51 @@ mod tests {
         }
     }
 
+    /// Fills together keep at most their budget of chunks in memory (each its newest one
+    /// at least); a reader whose bytes were let go reads them from the spool, and finished
+    /// fills give their share back.
+    #[tokio::test]
+    async fn fills_share_one_budget_of_chunks_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        for local in [true, false] {
+            let fills = Fills::with_recent_budget(store(dir.path(), local), 10_000);
+            let mut feeds = Vec::new();
+            for seed in 0..2u32 {
+                let data: Vec<u8> = (0..16_000u32).map(|i| ((i + seed) % 251) as u8).collect();
+                let d = Digest::sha256_of(&data);
+                let (tx, src) = channel_source(Some(data.len() as u64));
+                let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
+                let r = fill.reader(0, None);
+                feeds.push((data, tx, fill, r));
+            }
+            // Both fills get all but their last chunk, in turns; nobody reads yet.
+            for at in (0..14_000).step_by(2_000) {
+                for (data, tx, fill, _) in &feeds {
+                    tx.send(Ok(Bytes::copy_from_slice(&data[at..at + 2_000])))
+                        .await
+                        .unwrap();
+                    let mut rx = fill.progress.clone();
+                    while rx.borrow_and_update().written < at as u64 + 2_000 {
+                        rx.changed().await.unwrap();
+                    }
+                    let used = fills.budget.used.load(Ordering::Relaxed);
+                    assert!(used <= 10_000, "{used} bytes in memory");
+                }
+            }
+            assert!(feeds.iter().all(|f| !f.2.recent.lock().unwrap().chunks.is_empty()));
+            for (data, tx, fill, r) in feeds {
+                tx.send(Ok(Bytes::copy_from_slice(&data[14_000..])))
+                    .await
+                    .unwrap();
+                drop(tx);
+                let got: Vec<Bytes> = r.try_collect().await.unwrap();
+                assert_eq!(got.concat(), data);
+                assert_eq!(fill.finished().await.unwrap(), data.len() as u64);
+            }
+            assert_eq!(fills.budget.used.load(Ordering::Relaxed), 0);
+        }
+    }
+
     /// Once published, a fill keeps no chunks in memory, and a reader still streaming it
     /// reads the rest from the spool.
     #[tokio::test]
@@ -683,7 +812,7 @@ mod tests {
                 .unwrap();
             let first = r.try_next().await.unwrap().unwrap();
             assert!(
-                !fill.recent.lock().unwrap().is_empty(),
+                !fill.recent.lock().unwrap().chunks.is_empty(),
                 "kept while filling"
             );
             tx.send(Ok(Bytes::copy_from_slice(&data[4000..])))
@@ -692,7 +821,7 @@ mod tests {
             drop(tx);
             assert_eq!(fill.finished().await.unwrap(), data.len() as u64);
             assert!(
-                fill.recent.lock().unwrap().is_empty(),
+                fill.recent.lock().unwrap().chunks.is_empty(),
                 "kept after publishing"
             );
             let rest: Vec<Bytes> = r.try_collect().await.unwrap();
