@@ -780,7 +780,9 @@ mod tests {
                     assert!(used <= 10_000, "{used} bytes in memory");
                 }
             }
-            assert!(feeds.iter().all(|f| !f.2.recent.lock().unwrap().chunks.is_empty()));
+            assert!(feeds
+                .iter()
+                .all(|f| !f.2.recent.lock().unwrap().chunks.is_empty()));
             for (data, tx, fill, r) in feeds {
                 tx.send(Ok(Bytes::copy_from_slice(&data[14_000..])))
                     .await
