@@ -148,6 +148,13 @@ impl Follower {
                     }
                 }
                 Some(v) if !v.value.live() => {
+                    // A lease also lapses when the store is slow to take the owner's
+                    // renewals (under load, on a shared store): an owner that still streams
+                    // the fill keeps it, and only one that cannot be reached is replaced.
+                    if let Ok(Some(p)) = peer::open(&c, &v.value.peer, &self.d, self.offset).await {
+                        self.attach(p)?;
+                        return Ok(());
+                    }
                     let mine = Lease::new(&c.instance, c.me.as_str(), c.ttl);
                     if let Some(v) = c.store.replace_record(&key, &mine, &v).await? {
                         let guard = LeaseGuard::hold(c.store.clone(), &self.d, v, c.ttl);
@@ -161,14 +168,7 @@ impl Follower {
                 }
                 Some(v) => match peer::open(&c, &v.value.peer, &self.d, self.offset).await {
                     Ok(Some(p)) => {
-                        if let Some(size) = p.size {
-                            self.set_size(size)?;
-                        }
-                        if !self.followed {
-                            self.followed = true;
-                            c.metrics.fill_leases.with_label_values(&["followed"]).inc();
-                        }
-                        self.current = Some((From::Peer, p.stream));
+                        self.attach(p)?;
                         return Ok(());
                     }
                     // The owner has neither a fill nor a copy: it just committed, or just
@@ -206,6 +206,23 @@ impl Follower {
             }
             tokio::time::sleep(c.poll).await;
         }
+    }
+
+    /// Streams the rest from the owner's fill.
+    fn attach(&mut self, p: peer::PeerStream) -> Result<()> {
+        if let Some(size) = p.size {
+            self.set_size(size)?;
+        }
+        if !self.followed {
+            self.followed = true;
+            self.cluster
+                .metrics
+                .fill_leases
+                .with_label_values(&["followed"])
+                .inc();
+        }
+        self.current = Some((From::Peer, p.stream));
+        Ok(())
     }
 
     /// Fetches the rest from the upstream, publishing what this replica verifies.

@@ -6,7 +6,8 @@
 //! lease streams the bytes from the owner's fill through the owner's internal endpoint (see
 //! [`auth`] for how peers authenticate), so its clients get their first bytes as soon as the
 //! owner does, and reads the store once the blob is committed. When the owner stops renewing
-//! (it died), one follower takes the lease over and fetches the rest from the upstream from
+//! and no longer answers (it died; a lapse alone can be a slow store), one follower takes
+//! the lease over and fetches the rest from the upstream from
 //! the offset it has (see [`follow`]). A replica never fails a pull because of another one:
 //! when the owner cannot be reached and nothing is committed within a lease TTL, it fetches
 //! the blob itself.
@@ -141,16 +142,8 @@ impl Cluster {
             match seen {
                 // Released between the two requests: claim again.
                 None => continue,
-                Some(v) if !v.value.live() => {
-                    if let Some(v) = self.store.replace_record(&key, &mine, &v).await? {
-                        let guard = LeaseGuard::hold(self.store.clone(), d, v, self.ttl);
-                        if self.store.blob_size(d).await?.is_some() {
-                            drop(guard);
-                            return follow::start(self.clone(), d, origin).await;
-                        }
-                        return self.own(d, &origin, Some(guard), "taken_over").await;
-                    }
-                }
+                // Live, or lapsed: the follower decides whether the owner still streams the
+                // fill (a lapse can be a slow store) or is gone and the fill is taken over.
                 Some(_) => return follow::start(self.clone(), d, origin).await,
             }
         }

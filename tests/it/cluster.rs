@@ -381,7 +381,13 @@ async fn when_the_owner_dies_mid_fill_a_follower_takes_over_from_its_offset() {
     // fetched at most once more as well.
     for b in h.img.blobs() {
         let n = h.relay.seen("GET", &blob_path(&b.digest)).len();
-        assert!((1..=2).contains(&n), "{}: {n} GETs", b.digest);
+        assert!(
+            (1..=2).contains(&n),
+            "{}: {n} GETs: {:?}\n{}",
+            b.digest,
+            h.relay.seen("GET", &blob_path(&b.digest)),
+            logs(&alive)
+        );
     }
     let mut taken = 0.0;
     for a in &alive {
