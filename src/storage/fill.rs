@@ -155,9 +155,8 @@ impl Recent {
     }
 
     fn clear(&mut self) {
-        while !self.chunks.is_empty() {
-            self.pop();
-        }
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.bytes = 0;
         self.chunks = VecDeque::new();
     }
 }
@@ -189,10 +188,7 @@ impl Fill {
         }
         // Once the disk filled, memory is the only copy of what the spool did not take: then
         // only the fill's own bound applies, not the budget of all fills.
-        let spool_full = self
-            .spool_limit
-            .get()
-            .is_some_and(|l| l.load(Ordering::Acquire) != u64::MAX);
+        let spool_full = self.spooled_up_to() != u64::MAX;
         let limit = recent.budget.limit;
         while recent.chunks.len() > 1
             && (recent.bytes > RECENT_BYTES
@@ -200,6 +196,13 @@ impl Fill {
         {
             recent.pop();
         }
+    }
+
+    /// How much of the blob the spool holds: `u64::MAX` (all of it) until the disk filled.
+    fn spooled_up_to(&self) -> u64 {
+        self.spool_limit
+            .get()
+            .map_or(u64::MAX, |l| l.load(Ordering::Acquire))
     }
 
     fn forget_recent(&self) {
@@ -350,11 +353,7 @@ impl ReaderState {
                         .get()
                         .cloned()
                         .ok_or_else(|| std::io::Error::other("fill has no spool"))?;
-                    let spooled = self
-                        .fill
-                        .spool_limit
-                        .get()
-                        .map_or(u64::MAX, |l| l.load(std::sync::atomic::Ordering::Acquire));
+                    let spooled = self.fill.spooled_up_to();
                     if self.pos >= spooled {
                         return Err(std::io::Error::other(
                             "the cache disk would not take this blob, and this reader fell behind the bytes kept in memory",
@@ -382,11 +381,7 @@ impl ReaderState {
     /// where the recent chunks in memory would be copied through archway once more.
     fn spooled_window(&self, limit: u64) -> Option<Bytes> {
         let spool = self.fill.spool.get()?;
-        let spooled = self
-            .fill
-            .spool_limit
-            .get()
-            .map_or(u64::MAX, |l| l.load(std::sync::atomic::Ordering::Acquire));
+        let spooled = self.fill.spooled_up_to();
         let end = limit.min(spooled).min(self.pos + MAP_WINDOW);
         if end < self.pos + mapped::MAP_AT_LEAST {
             return None;
