@@ -171,10 +171,12 @@ impl Drop for Recent {
 const RECENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Bytes of recent chunks all fills together keep in memory. Each chunk also pins the
-/// upstream client's read buffer it was cut from: the 200 cold fills at the start of the
-/// soak held 48 MiB of those at the heap's peak. Past this, a fill keeps only its newest
-/// chunk and its readers take the rest from the spool, which holds every byte of it.
-const RECENT_BUDGET: usize = 32 * 1024 * 1024;
+/// upstream client's read buffer it was cut from (up to about 400 KiB, however small the
+/// chunk): the 200 cold fills at the start of the soak held 48 MiB of those at the heap's
+/// peak with no budget, and still 69 MiB when each fill kept its newest chunk past it. Past
+/// the budget a fill keeps none, and its readers take the bytes from the spool, which holds
+/// every one of them (unless the disk filled: then only the fill's own bound applies).
+const RECENT_BUDGET: usize = 16 * 1024 * 1024;
 
 impl Fill {
     fn remember(&self, end: u64, batch: &[Bytes]) {
@@ -190,9 +192,10 @@ impl Fill {
         // only the fill's own bound applies, not the budget of all fills.
         let spool_full = self.spooled_up_to() != u64::MAX;
         let limit = recent.budget.limit;
-        while recent.chunks.len() > 1
-            && (recent.bytes > RECENT_BYTES
-                || (!spool_full && recent.budget.used.load(Ordering::Relaxed) > limit))
+        while (recent.chunks.len() > 1 && recent.bytes > RECENT_BYTES)
+            || (!spool_full
+                && !recent.chunks.is_empty()
+                && recent.budget.used.load(Ordering::Relaxed) > limit)
         {
             recent.pop();
         }
@@ -744,8 +747,7 @@ mod tests {
         }
     }
 
-    /// Fills together keep at most their budget of chunks in memory (each its newest one
-    /// at least); a reader whose bytes were let go reads them from the spool, and finished
+    /// Fills together keep at most their budget of chunks in memory; a reader whose bytes were let go reads them from the spool, and finished
     /// fills give their share back.
     #[tokio::test]
     async fn fills_share_one_budget_of_chunks_in_memory() {
@@ -780,6 +782,49 @@ mod tests {
                 .all(|f| !f.2.recent.lock().unwrap().chunks.is_empty()));
             for (data, tx, fill, r) in feeds {
                 tx.send(Ok(Bytes::copy_from_slice(&data[14_000..])))
+                    .await
+                    .unwrap();
+                drop(tx);
+                let got: Vec<Bytes> = r.try_collect().await.unwrap();
+                assert_eq!(got.concat(), data);
+                assert_eq!(fill.finished().await.unwrap(), data.len() as u64);
+            }
+            assert_eq!(fills.budget.used.load(Ordering::Relaxed), 0);
+        }
+    }
+
+    /// Past the budget a fill keeps not even its newest chunk: each pins an upstream read
+    /// buffer, and with hundreds of fills those pinned buffers were most of the heap. Its
+    /// reader takes the bytes from the spool.
+    #[tokio::test]
+    async fn past_the_budget_a_fill_keeps_no_chunk_and_its_reader_reads_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        for local in [true, false] {
+            let fills = Fills::with_recent_budget(store(dir.path(), local), 3_000);
+            let mut feeds = Vec::new();
+            for seed in 0..3u32 {
+                let data: Vec<u8> = (0..4_000u32).map(|i| ((i + seed) % 251) as u8).collect();
+                let d = Digest::sha256_of(&data);
+                let (tx, src) = channel_source(Some(data.len() as u64));
+                let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
+                let r = fill.reader(0, None);
+                tx.send(Ok(Bytes::copy_from_slice(&data[..2_000])))
+                    .await
+                    .unwrap();
+                let mut rx = fill.progress.clone();
+                while rx.borrow_and_update().written < 2_000 {
+                    rx.changed().await.unwrap();
+                }
+                let used = fills.budget.used.load(Ordering::Relaxed);
+                assert!(
+                    used <= 3_000,
+                    "{used} bytes in memory after {} fills",
+                    seed + 1
+                );
+                feeds.push((data, tx, fill, r));
+            }
+            for (data, tx, fill, r) in feeds {
+                tx.send(Ok(Bytes::copy_from_slice(&data[2_000..])))
                     .await
                     .unwrap();
                 drop(tx);
