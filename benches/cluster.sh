@@ -14,8 +14,10 @@ cd "$(dirname "$0")/.."
 
 HERD=${HERD:-16}
 TOOLS=${ARCHWAY_TEST_TOOLS:-/opt/archway-test-tools}
-MOTO=$TOOLS/venv/bin/moto_server
-[ -x "$MOTO" ] || MOTO=$(command -v moto_server) || { echo "moto_server missing: make test-deps" >&2; exit 1; }
+# moto, with conditional writes decided atomically as S3 decides them (the leases need it).
+PYTHON=$TOOLS/venv/bin/python
+[ -x "$PYTHON" ] || PYTHON=python3
+"$PYTHON" -c 'import moto.server' 2>/dev/null || { echo "moto missing: make test-deps" >&2; exit 1; }
 
 cargo build --release --quiet --bin archway --example benchtool
 ARCHWAY=target/release/archway
@@ -29,7 +31,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 start_upstream
 
 S3_PORT=$(free_port)
-"$MOTO" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 &
+"$PYTHON" tests/it/support/moto_atomic.py -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$S3_PORT/"
 curl -sf -X PUT "http://127.0.0.1:$S3_PORT/bench" >/dev/null

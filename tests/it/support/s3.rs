@@ -1,6 +1,8 @@
 //! A real S3-speaking server for tests: moto_server (PyPI `moto[server]`), which
-//! `scripts/install-test-deps.sh` installs. State is in memory and dies with the process. It
-//! binds port 0 and prints the port it bound.
+//! `scripts/install-test-deps.sh` installs, run by `tests/it/support/moto_atomic.py` so that its
+//! conditional writes are decided atomically, as S3 decides them (moto checks a precondition
+//! and writes with nothing held between: two replicas once both took over one fill lease).
+//! State is in memory and dies with the process. It binds port 0 and prints the port it bound.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -14,9 +16,15 @@ pub struct S3 {
     secrets: tempfile::TempDir,
 }
 
-fn moto_binary() -> String {
-    super::test_tool("venv/bin/moto_server", "moto_server")
+/// The Python that has moto (the test tools' venv, else the system's).
+fn moto_python() -> String {
+    super::test_tool("venv/bin/python", "python3")
 }
+
+const MOTO_ATOMIC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/it/support/moto_atomic.py"
+);
 
 impl S3 {
     /// Starts moto and creates `bucket`.
@@ -25,13 +33,13 @@ impl S3 {
         std::fs::write(secrets.path().join("secret"), "test-secret\n").expect("secret");
         let out = secrets.path().join("moto.log");
         let log = std::fs::File::create(&out).expect("moto log");
-        let mut child = Command::new(moto_binary())
-            .args(["-H", "127.0.0.1", "-p", "0"])
+        let mut child = Command::new(moto_python())
+            .args([MOTO_ATOMIC, "-H", "127.0.0.1", "-p", "0"])
             .stdout(log.try_clone().expect("fd"))
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
-            .expect("moto_server must be installed (make test installs it)");
+            .expect("moto must be installed (make test installs it)");
         // Werkzeug: " * Running on http://127.0.0.1:35089"
         let port = wait_for_log(&out, &mut child, Duration::from_secs(30), |l| {
             port_after(l, "Running on http://127.0.0.1:")
