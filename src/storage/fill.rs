@@ -747,47 +747,80 @@ mod tests {
         }
     }
 
-    /// Fills together keep at most their budget of chunks in memory; a reader whose bytes were let go reads them from the spool, and finished
-    /// fills give their share back.
+    /// A fill fed by hand, of `len` bytes (a pattern shifted by `seed`), with a reader from
+    /// byte 0 that reads nothing yet.
+    struct Fed {
+        data: Vec<u8>,
+        tx: mpsc::Sender<Result<Bytes>>,
+        fill: Arc<Fill>,
+        reader: ByteStream,
+    }
+
+    impl Fed {
+        fn start(fills: &Fills, seed: u32, len: u32) -> Fed {
+            let data: Vec<u8> = (0..len).map(|i| ((i + seed) % 251) as u8).collect();
+            let d = Digest::sha256_of(&data);
+            let (tx, src) = channel_source(Some(data.len() as u64));
+            let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
+            let reader = fill.reader(0, None);
+            Fed {
+                data,
+                tx,
+                fill,
+                reader,
+            }
+        }
+
+        /// Sends `range` of the data and waits until the spool has it.
+        async fn feed(&self, range: Range<usize>) {
+            let end = range.end as u64;
+            self.tx
+                .send(Ok(Bytes::copy_from_slice(&self.data[range])))
+                .await
+                .unwrap();
+            let mut rx = self.fill.progress.clone();
+            while rx.borrow_and_update().written < end {
+                rx.changed().await.unwrap();
+            }
+        }
+
+        /// Sends the rest from `from`, and checks the reader gets every byte and the fill
+        /// publishes.
+        async fn finish(self, from: usize) {
+            self.tx
+                .send(Ok(Bytes::copy_from_slice(&self.data[from..])))
+                .await
+                .unwrap();
+            drop(self.tx);
+            let got: Vec<Bytes> = self.reader.try_collect().await.unwrap();
+            assert_eq!(got.concat(), self.data);
+            assert_eq!(self.fill.finished().await.unwrap(), self.data.len() as u64);
+        }
+    }
+
+    /// Fills together keep at most their budget of chunks in memory; a reader whose bytes
+    /// were let go reads them from the spool, and finished fills give their share back.
     #[tokio::test]
     async fn fills_share_one_budget_of_chunks_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         for local in [true, false] {
             let fills = Fills::with_recent_budget(store(dir.path(), local), 10_000);
-            let mut feeds = Vec::new();
-            for seed in 0..2u32 {
-                let data: Vec<u8> = (0..16_000u32).map(|i| ((i + seed) % 251) as u8).collect();
-                let d = Digest::sha256_of(&data);
-                let (tx, src) = channel_source(Some(data.len() as u64));
-                let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
-                let r = fill.reader(0, None);
-                feeds.push((data, tx, fill, r));
-            }
+            let feeds: Vec<Fed> = (0..2)
+                .map(|seed| Fed::start(&fills, seed, 16_000))
+                .collect();
             // Both fills get all but their last chunk, in turns; nobody reads yet.
             for at in (0..14_000).step_by(2_000) {
-                for (data, tx, fill, _) in &feeds {
-                    tx.send(Ok(Bytes::copy_from_slice(&data[at..at + 2_000])))
-                        .await
-                        .unwrap();
-                    let mut rx = fill.progress.clone();
-                    while rx.borrow_and_update().written < at as u64 + 2_000 {
-                        rx.changed().await.unwrap();
-                    }
+                for f in &feeds {
+                    f.feed(at..at + 2_000).await;
                     let used = fills.budget.used.load(Ordering::Relaxed);
                     assert!(used <= 10_000, "{used} bytes in memory");
                 }
             }
             assert!(feeds
                 .iter()
-                .all(|f| !f.2.recent.lock().unwrap().chunks.is_empty()));
-            for (data, tx, fill, r) in feeds {
-                tx.send(Ok(Bytes::copy_from_slice(&data[14_000..])))
-                    .await
-                    .unwrap();
-                drop(tx);
-                let got: Vec<Bytes> = r.try_collect().await.unwrap();
-                assert_eq!(got.concat(), data);
-                assert_eq!(fill.finished().await.unwrap(), data.len() as u64);
+                .all(|f| !f.fill.recent.lock().unwrap().chunks.is_empty()));
+            for f in feeds {
+                f.finish(14_000).await;
             }
             assert_eq!(fills.budget.used.load(Ordering::Relaxed), 0);
         }
@@ -803,34 +836,18 @@ mod tests {
             let fills = Fills::with_recent_budget(store(dir.path(), local), 3_000);
             let mut feeds = Vec::new();
             for seed in 0..3u32 {
-                let data: Vec<u8> = (0..4_000u32).map(|i| ((i + seed) % 251) as u8).collect();
-                let d = Digest::sha256_of(&data);
-                let (tx, src) = channel_source(Some(data.len() as u64));
-                let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
-                let r = fill.reader(0, None);
-                tx.send(Ok(Bytes::copy_from_slice(&data[..2_000])))
-                    .await
-                    .unwrap();
-                let mut rx = fill.progress.clone();
-                while rx.borrow_and_update().written < 2_000 {
-                    rx.changed().await.unwrap();
-                }
+                let f = Fed::start(&fills, seed, 4_000);
+                f.feed(0..2_000).await;
                 let used = fills.budget.used.load(Ordering::Relaxed);
                 assert!(
                     used <= 3_000,
                     "{used} bytes in memory after {} fills",
                     seed + 1
                 );
-                feeds.push((data, tx, fill, r));
+                feeds.push(f);
             }
-            for (data, tx, fill, r) in feeds {
-                tx.send(Ok(Bytes::copy_from_slice(&data[2_000..])))
-                    .await
-                    .unwrap();
-                drop(tx);
-                let got: Vec<Bytes> = r.try_collect().await.unwrap();
-                assert_eq!(got.concat(), data);
-                assert_eq!(fill.finished().await.unwrap(), data.len() as u64);
+            for f in feeds {
+                f.finish(2_000).await;
             }
             assert_eq!(fills.budget.used.load(Ordering::Relaxed), 0);
         }
