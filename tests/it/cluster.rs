@@ -1,7 +1,8 @@
 //! Replicas in a `[cluster]` on one real S3 bucket (moto), in front of the real upstream
 //! (through a relay that can hold a transfer half-way): one upstream fetch per blob however
 //! many replicas and clients ask, streaming from the owner's fill, takeover when the owner
-//! dies, the fallback when it cannot be reached, and the internal endpoint's credentials.
+//! dies, a lapsed lease whose owner still streams, the fallback when it cannot be reached, and
+//! the internal endpoint's credentials.
 
 use std::path::Path;
 use std::time::Duration;
@@ -394,6 +395,70 @@ async fn when_the_owner_dies_mid_fill_a_follower_takes_over_from_its_offset() {
         taken += leases(a, "taken_over").await;
     }
     assert!(taken >= 1.0, "{}", logs(&alive));
+}
+
+/// A lease lapses when the store is slow to take the owner's renewals, not only when the
+/// owner died. A follower that finds a lapsed lease first asks the owner, and follows it if it
+/// still streams the fill: the blob is fetched once. (Taking a lapsed lease over on sight,
+/// the rule before, fetches the rest a second time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_lease_whose_owner_still_streams_is_followed_not_taken_over() {
+    let h = Herd::start().await;
+    let owner = Archway::start(&h.settings(None)).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    let held = observe(&owner, h.big(), tx.clone());
+    first_bytes(&mut rx, 1).await;
+
+    // The lease, made to read as lapsed: rewritten under the owner, so its next renewal
+    // (a replace of the version it wrote) fails too and it stops renewing, as an owner
+    // whose store is too slow does. It goes on filling and serving the fill.
+    let Bucket::S3(s3) = &h.bucket else {
+        unreachable!("Herd::start is on S3")
+    };
+    let keys = h.bucket.keys("cache/fills/").await;
+    assert_eq!(keys.len(), 1, "one lease, of the big layer: {keys:?}");
+    use object_store::ObjectStoreExt;
+    let store = {
+        let mut b = object_store::aws::AmazonS3Builder::new().with_bucket_name("mirror");
+        for (k, v) in s3.env() {
+            if let Ok(key) = k.to_ascii_lowercase().parse() {
+                b = b.with_config(key, v);
+            }
+        }
+        b.build().unwrap()
+    };
+    let key = object_store::path::Path::from(keys[0].as_str());
+    let body = store.get(&key).await.unwrap().bytes().await.unwrap();
+    let mut lease: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        lease["expiresAt"].as_u64().is_some_and(|t| t > now),
+        "{lease}"
+    );
+    lease["expiresAt"] = (now - 1_000).into();
+    store
+        .put(&key, lease.to_string().into_bytes().into())
+        .await
+        .unwrap();
+
+    let follower = Archway::start(&h.settings(None)).await;
+    let follows = observe(&follower, h.big(), tx.clone());
+    attached(&follower, &blob_path(h.big()), 1).await;
+    h.relay.open();
+    assert_eq!(held.await.unwrap().unwrap(), h.big());
+    assert_eq!(follows.await.unwrap().unwrap(), h.big());
+    let gets = h.relay.seen("GET", &blob_path(h.big()));
+    assert_eq!(
+        gets.len(),
+        1,
+        "the follower fetched it again: {gets:?}\n{}",
+        logs(&[&owner, &follower])
+    );
+    assert!(leases(&follower, "followed").await >= 1.0);
+    assert_eq!(leases(&follower, "taken_over").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
