@@ -131,16 +131,24 @@ struct Budget {
     limit: usize,
 }
 
-impl Default for Budget {
-    fn default() -> Budget {
-        Budget {
+impl Budget {
+    fn new(limit: usize) -> Arc<Budget> {
+        Arc::new(Budget {
             used: Default::default(),
-            limit: RECENT_BUDGET,
-        }
+            limit,
+        })
     }
 }
 
 impl Recent {
+    fn new(budget: Arc<Budget>) -> Recent {
+        Recent {
+            chunks: VecDeque::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
     fn push(&mut self, off: u64, b: Bytes) {
         self.bytes += b.len();
         self.budget.used.fetch_add(b.len(), Ordering::Relaxed);
@@ -449,7 +457,7 @@ impl Fills {
         Fills {
             store,
             map: Arc::default(),
-            budget: Arc::default(),
+            budget: Budget::new(RECENT_BUDGET),
         }
     }
 
@@ -457,10 +465,7 @@ impl Fills {
     #[cfg(test)]
     fn with_recent_budget(store: Store, limit: usize) -> Fills {
         Fills {
-            budget: Arc::new(Budget {
-                used: Default::default(),
-                limit,
-            }),
+            budget: Budget::new(limit),
             ..Fills::new(store)
         }
     }
@@ -512,11 +517,7 @@ impl Fills {
             origin: origin.to_string(),
             spool: OnceLock::new(),
             spool_limit: OnceLock::new(),
-            recent: Mutex::new(Recent {
-                chunks: VecDeque::new(),
-                bytes: 0,
-                budget: self.budget.clone(),
-            }),
+            recent: Mutex::new(Recent::new(self.budget.clone())),
             progress: rx,
         });
         map.insert(d.clone(), fill.clone());

@@ -159,6 +159,16 @@ impl Fixture {
         r.send().await.unwrap()
     }
 
+    /// Finishes the upload at `location` with `PUT ?digest=`: the status.
+    async fn finish_upload(&self, location: &str, digest: &str) -> u16 {
+        let sep = if location.contains('?') { '&' } else { '?' };
+        self.status(
+            reqwest::Method::PUT,
+            &format!("{location}{sep}digest={digest}"),
+        )
+        .await
+    }
+
     async fn put_manifest(
         &self,
         repo: &str,
@@ -309,16 +319,7 @@ async fn a_chunk_that_stops_half_way_gets_408_at_the_body_timeout_and_the_upload
     let r = f.patch(&loc, None, &data).await;
     assert_eq!(r.status(), 202, "{}", f.aw.log_text());
     let loc = r.headers()["location"].to_str().unwrap().to_string();
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let r = f
-        .req(
-            reqwest::Method::PUT,
-            &format!("{loc}{sep}digest={}", sha256(&data)),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    assert_eq!(f.finish_upload(&loc, &sha256(&data)).await, 201);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -853,15 +854,7 @@ async fn an_upload_survives_a_restart() {
             .status(),
         202
     );
-    let r = f
-        .req(
-            reqwest::Method::PUT,
-            &format!("{path}?digest={}", sha256(&data)),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    assert_eq!(f.finish_upload(path, &sha256(&data)).await, 201);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -942,14 +935,6 @@ async fn an_upload_started_with_ns_continues_with_it() {
     let loc = r.headers()["location"].to_str().unwrap().to_string();
     assert!(loc.ends_with("?ns=registry.example.com"), "{loc}");
     assert_eq!(f.patch(&loc, None, &data).await.status(), 202);
-    let r = f
-        .req(
-            reqwest::Method::PUT,
-            &format!("{loc}&digest={}", sha256(&data)),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    assert_eq!(f.finish_upload(&loc, &sha256(&data)).await, 201);
     assert_eq!(f.head_blob("local/app", &sha256(&data)).await, 200);
 }
