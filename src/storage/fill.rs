@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::mapped::{self, MAP_WINDOW};
+use super::pace::{Mark, Places, PATIENCE};
 use super::{ByteStream, Store};
 use crate::error::{Error, Result};
 use crate::oci::Digest;
@@ -114,6 +115,10 @@ pub struct Fill {
     /// pieces smaller than a map is worth from here (a reference count, no copy), and all
     /// their bytes when the disk filled and the spool stopped taking them.
     recent: Mutex<Recent>,
+    /// Where the readers stand: once the disk filled, the fill waits for the slowest.
+    places: Places,
+    /// Whether the fill has waited for a reader yet (said once in the log).
+    paced: std::sync::atomic::AtomicBool,
     progress: watch::Receiver<Progress>,
 }
 
@@ -198,14 +203,44 @@ impl Fill {
         }
         // Once the disk filled, memory is the only copy of what the spool did not take: then
         // only the fill's own bound applies, not the budget of all fills.
-        let spool_full = self.spooled_up_to() != u64::MAX;
+        // And a chunk past what the spool took goes only once every reader has read it: the
+        // fill waits for the slowest (see `pace`) so that stays within the bound.
+        let spooled = self.spooled_up_to();
+        let spool_full = spooled != u64::MAX;
+        let read_by_all = if spool_full {
+            spooled.max(self.places.slowest().unwrap_or(u64::MAX))
+        } else {
+            u64::MAX
+        };
         let limit = recent.budget.limit;
-        while (recent.chunks.len() > 1 && recent.bytes > RECENT_BYTES)
-            || (!spool_full
-                && !recent.chunks.is_empty()
-                && recent.budget.used.load(Ordering::Relaxed) > limit)
-        {
+        while let Some((off, front)) = recent.chunks.front() {
+            let unneeded = off + front.len() as u64 <= read_by_all;
+            let over_own = recent.chunks.len() > 1 && recent.bytes > RECENT_BYTES;
+            let over_budget = !spool_full && recent.budget.used.load(Ordering::Relaxed) > limit;
+            if !(unneeded && over_own || over_budget) {
+                break;
+            }
             recent.pop();
+        }
+    }
+
+    /// Once the disk filled, waits before taking more than [`RECENT_BYTES`] past the slowest
+    /// reader, so every reader still gets every byte from memory.
+    async fn pace(&self, queued: u64) {
+        if self.spooled_up_to() == u64::MAX {
+            return;
+        }
+        let paced = &self.paced;
+        let cut = self
+            .places
+            .wait_for_slowest(queued, RECENT_BYTES as u64, PATIENCE, || {
+                if !paced.swap(true, Ordering::Relaxed) {
+                    tracing::info!(digest = %self.digest, at = queued, "the cache disk is full; reading the upstream no faster than this blob's slowest client, so every client gets every byte");
+                }
+            })
+            .await;
+        if cut > 0 {
+            tracing::warn!(digest = %self.digest, readers = cut, "the cache disk is full and a client of this blob took nothing for {}s; cut it so the others go on", PATIENCE.as_secs());
         }
     }
 
@@ -290,6 +325,7 @@ impl Fill {
             pos: start,
             end,
             finished: false,
+            mark: self.places.join(start),
         };
         futures_util::stream::unfold(state, |mut st| async move {
             if st.finished {
@@ -297,10 +333,15 @@ impl Fill {
             }
             let item = st.next_chunk().await;
             match item {
-                Ok(Some(b)) => Some((Ok(b), st)),
+                Ok(Some(b)) => {
+                    let waited = st.fill.spooled_up_to() != u64::MAX;
+                    st.fill.places.moved(&st.mark, st.pos, waited);
+                    Some((Ok(b), st))
+                }
                 Ok(None) => None,
                 Err(e) => {
                     st.finished = true;
+                    st.fill.places.leave(&st.mark);
                     Some((Err(e), st))
                 }
             }
@@ -315,6 +356,15 @@ struct ReaderState {
     pos: u64,
     end: Option<u64>,
     finished: bool,
+    /// This reader's place among the fill's readers.
+    mark: Arc<Mark>,
+}
+
+impl Drop for ReaderState {
+    fn drop(&mut self) {
+        // Read to the end, failed, or its client went away: a fill waiting for it goes on.
+        self.fill.places.leave(&self.mark);
+    }
 }
 
 impl ReaderState {
@@ -322,6 +372,12 @@ impl ReaderState {
         // Set once the fill task has gone: its last state is then final.
         let mut closed = false;
         loop {
+            if self.mark.is_cut() {
+                return Err(std::io::Error::other(format!(
+                    "the cache disk would not take this blob, and this reader took nothing for {}s while the others waited",
+                    PATIENCE.as_secs()
+                )));
+            }
             let p = self.rx.borrow_and_update().clone();
             let done = match &p.phase {
                 Phase::Failed(e) => return Err(std::io::Error::other(FillFailed(e.clone()))),
@@ -518,6 +574,8 @@ impl Fills {
             spool: OnceLock::new(),
             spool_limit: OnceLock::new(),
             recent: Mutex::new(Recent::new(self.budget.clone())),
+            places: Places::default(),
+            paced: Default::default(),
             progress: rx,
         });
         map.insert(d.clone(), fill.clone());
@@ -601,7 +659,9 @@ where
     let copied: Result<()> = async {
         while let Some(chunk) = stream.next().await {
             chunks += 1;
-            sink.write(chunk?).await?;
+            let chunk = chunk?;
+            fill.pace(sink.queued()).await;
+            sink.write(chunk).await?;
             if let Some(announced) = size.filter(|s| sink.queued() > *s) {
                 return Err(Error::SizeMismatch {
                     digest: fill.digest.clone(),
@@ -937,5 +997,51 @@ mod tests {
         let r: std::io::Result<Vec<Bytes>> = fill.reader(0, None).try_collect().await;
         assert!(r.is_err());
         assert_eq!(store.blob_size(&d).await.unwrap(), None);
+    }
+
+    /// Once the disk filled, a fill keeps every byte its slowest reader still needs, and to
+    /// keep that within its bound it waits for the reader rather than reading on.
+    #[tokio::test]
+    async fn with_the_disk_full_a_fill_waits_for_its_slowest_reader() {
+        const CHUNK: usize = 64 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let fills = Fills::new(store(dir.path(), true));
+        let data: Vec<u8> = (0..3 * RECENT_BYTES).map(|i| (i % 253) as u8).collect();
+        let d = Digest::sha256_of(&data);
+        let (tx, src) = channel_source(Some(data.len() as u64));
+        let (fill, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(src) });
+        let mut reader = fill.reader(0, None);
+        tx.send(Ok(Bytes::copy_from_slice(&data[..CHUNK])))
+            .await
+            .unwrap();
+        fill.started().await.unwrap();
+        // The disk is full from the start: only memory holds the bytes for the reader.
+        fill.spool_limit.get().unwrap().store(0, Ordering::Release);
+        let feeder = tokio::spawn({
+            let data = data.clone();
+            async move {
+                for c in data[CHUNK..].chunks(CHUNK) {
+                    tx.send(Ok(Bytes::copy_from_slice(c))).await.unwrap();
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !(fill.paced.load(Ordering::Relaxed) || feeder.is_finished()) {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let kept = fill.recent.lock().unwrap().bytes;
+        assert!(
+            kept <= RECENT_BYTES + 2 * CHUNK,
+            "{kept} bytes in memory for a reader that read none"
+        );
+        assert!(!feeder.is_finished(), "the fill waits for the reader");
+        let mut got = Vec::new();
+        while let Some(b) = reader.try_next().await.unwrap() {
+            got.extend_from_slice(&b);
+        }
+        assert!(got == data, "the reader got every byte");
+        feeder.await.unwrap();
+        fill.finished().await.unwrap();
     }
 }

@@ -9,6 +9,7 @@ mod backend;
 pub mod fill;
 pub mod layout;
 pub mod mapped;
+mod pace;
 pub mod records;
 mod sink;
 pub mod versioned;

@@ -446,3 +446,78 @@ async fn when_the_cache_disk_fills_mid_blob_clients_still_get_it_whole() {
         .count();
     assert_eq!(staged, 0, "the partial staged file is removed");
 }
+
+/// Once the cache disk is full, memory holds the only copy of what the spool did not take.
+/// A client far behind another is waited for, not cut: the fill reads the upstream no faster
+/// than it, and both clients get the whole blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_cache_disk_fills_a_slow_client_is_waited_for_not_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let disk = crate::support::tmpfs::Tmpfs::mount("1m");
+    let up = crate::support::registry::Upstream::start().await;
+    // Far more than the fill keeps in memory (4 MiB) and than the sockets between archway
+    // and the slow client can hold.
+    let blob = crate::support::images::Blob::new(random_bytes(unique_seed(), 48 << 20));
+    crate::support::images::Pusher::new(&up.url(), None)
+        .blob("big/app", &blob)
+        .await;
+    let mut s = with_admin(&up.url());
+    s.storage_url = Some(format!("file://{}", disk.path().display()));
+    let aw = Archway::start(&s).await;
+    let path = format!("/v2/big/app/blobs/{}", blob.digest);
+
+    // The slow client: a small receive buffer, and it stops reading after the first bytes.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(32 * 1024).unwrap();
+    let mut slow = socket.connect(aw.host().parse().unwrap()).await.unwrap();
+    slow.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            aw.host()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(slow.read(&mut byte).await.unwrap(), 1, "a response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let fast = tokio::spawn({
+        let url = format!("{}{path}", aw.url());
+        async move { http().get(&url).send().await?.bytes().await }
+    });
+    // Without the wait, the fast client is done and the bytes the slow one still needs are
+    // gone from memory; with it, the fill holds back until the slow one reads on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(fast.is_finished()
+        || aw
+            .log_text()
+            .contains("no faster than this blob's slowest client"))
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", aw.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut body = Vec::with_capacity(blob.data.len());
+    let read = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut body)).await;
+    assert!(read.is_ok(), "the slow client's response never ended");
+    assert_eq!(
+        body.len(),
+        blob.data.len(),
+        "the slow client got its whole body, not a cut one"
+    );
+    assert_eq!(crate::support::images::sha256(&body), blob.digest);
+    let fast = fast.await.unwrap().expect("the fast client's whole body");
+    assert_eq!(crate::support::images::sha256(&fast), blob.digest);
+    assert_eq!(
+        up.blob_gets("big/app", &blob.digest),
+        1,
+        "one upstream fetch"
+    );
+}
