@@ -83,7 +83,8 @@ enum Command {
         reference: String,
     },
     /// Fetch images into the cache before nodes pull them: the manifest, then for each
-    /// platform its manifest, config and layers, through the fills pulls use.
+    /// platform its manifest, config and layers, through the fills pulls use. With a
+    /// `[cluster]`, a member of it while it runs (its fills take leases, replicas stream them).
     Warm {
         /// Config file. Default: as for `serve`.
         #[arg(long, short)]
@@ -233,6 +234,7 @@ fn check_config(path: &Path) -> Result<(), Failure> {
                 archway::config::Advertise::Url(u) => u.to_string(),
                 archway::config::Advertise::PodIp(ip) =>
                     format!("{ip} (POD_IP), port of server.listen"),
+                archway::config::Advertise::OnBoundPort(u) => format!("{u} (host), port bound"),
             },
             humantime::format_duration(cl.lease_ttl),
             cl.secret_file.display()
@@ -407,11 +409,16 @@ fn warm(config: Option<&Path>, platforms: &[String], references: &[String]) -> R
         })
         .collect::<Result<Vec<_>, _>>()?;
     let config = load(config_path(config).as_deref())?;
-    if config.cluster.is_some() {
-        tracing::info!("this command takes no fill leases: in a cluster, POST /warm to a replica instead to share its fills");
-    }
     let (total, failed_refs) = runtime()?.block_on(async {
-        let registry = archway::build(config)?;
+        // In a cluster, a member for as long as the warm lasts: it takes fill leases, and
+        // replicas that need a blob it is fetching stream it from its internal endpoint.
+        let (member, registry) = if config.cluster.is_some() {
+            let m = archway::server::Member::join(config).await?;
+            let registry = m.registry();
+            (Some(m), registry)
+        } else {
+            (None, archway::build(config)?)
+        };
         let progress =
             archway::console::terminal::TerminalProgress::new(std::io::stderr().is_terminal());
         let mut total = archway::registry::warming::WarmSummary::default();
@@ -426,6 +433,9 @@ fn warm(config: Option<&Path>, platforms: &[String], references: &[String]) -> R
             }
         }
         progress.finish();
+        if let Some(m) = member {
+            m.leave().await;
+        }
         Ok::<_, Failure>((total, failed_refs))
     })?;
     say!(

@@ -155,6 +155,50 @@ impl Server {
     }
 }
 
+/// A short-lived cluster member beside a replica, for as long as a command needs one
+/// (`archway warm`): the fills it starts take leases as a replica's do, and replicas that
+/// need a blob it is fetching stream it from its internal endpoint rather than fetch it
+/// again. It binds `server.listen`'s address on a port of its own (the replica has that
+/// one), advertises the replica's host at that port, and runs no admin listener.
+pub struct Member {
+    registry: Arc<Registry>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Member {
+    pub async fn join(mut config: Config) -> Result<Member, StartupError> {
+        config.server.listen.set_port(0);
+        config.admin = None;
+        if let Some(c) = &mut config.cluster {
+            c.advertise = c.advertise.beside();
+        }
+        let server = Server::bind(config, None).await?;
+        let registry = server.live.registry();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+        Ok(Member {
+            registry,
+            stop,
+            serving,
+        })
+    }
+
+    /// The registry whose fills are the member's.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// Stops serving once the responses peers are reading are done (within
+    /// `server.shutdown_grace`).
+    pub async fn leave(self) {
+        let _ = self.stop.send(());
+        let _ = self.serving.await;
+    }
+}
+
 /// Connections the kernel may queue before archway accepts them (it caps this at
 /// `net.core.somaxconn`): a burst of pulls as a deployment rolls out must not find the queue
 /// full, nor wait for SYN retries.

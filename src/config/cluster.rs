@@ -55,6 +55,20 @@ pub enum Advertise {
     /// Not configured: `http://<POD_IP>:<the port the registry listener bound>`, known only
     /// once it is bound (the Kubernetes downward API sets `POD_IP`).
     PodIp(IpAddr),
+    /// The configured URL's host, at the port the registry listener bound: a short-lived
+    /// member beside a replica (`archway warm` in a cluster), which cannot take its port.
+    OnBoundPort(Url),
+}
+
+impl Advertise {
+    /// Where a short-lived member beside this replica is reached: the same host, on the
+    /// port it binds itself.
+    pub fn beside(&self) -> Advertise {
+        match self {
+            Advertise::Url(u) | Advertise::OnBoundPort(u) => Advertise::OnBoundPort(u.clone()),
+            Advertise::PodIp(ip) => Advertise::PodIp(*ip),
+        }
+    }
 }
 
 impl Advertise {
@@ -63,6 +77,12 @@ impl Advertise {
     pub fn url(&self, port: u16, tls: bool) -> Url {
         match self {
             Advertise::Url(u) => u.clone(),
+            Advertise::OnBoundPort(u) => {
+                let mut u = u.clone();
+                // A URL with a host has a port to set; `advertise_url` checked the host.
+                let _ = u.set_port(Some(port));
+                u
+            }
             Advertise::PodIp(ip) => {
                 let scheme = if tls { "https" } else { "http" };
                 let host = match ip {

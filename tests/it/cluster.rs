@@ -1,8 +1,8 @@
 //! Replicas in a `[cluster]` on one real S3 bucket (moto), in front of the real upstream
 //! (through a relay that can hold a transfer half-way): one upstream fetch per blob however
 //! many replicas and clients ask, streaming from the owner's fill, takeover when the owner
-//! dies, a lapsed lease whose owner still streams, the fallback when it cannot be reached, and
-//! the internal endpoint's credentials.
+//! dies, a lapsed lease whose owner still streams, the fallback when it cannot be reached,
+//! `archway warm` as a member, and the internal endpoint's credentials.
 
 use std::path::Path;
 use std::time::Duration;
@@ -459,6 +459,64 @@ async fn a_lapsed_lease_whose_owner_still_streams_is_followed_not_taken_over() {
     );
     assert!(leases(&follower, "followed").await >= 1.0);
     assert_eq!(leases(&follower, "taken_over").await, 0.0);
+}
+
+/// `archway warm` in a cluster is a member while it runs: the blob it is fetching, a
+/// replica streams from it rather than fetch again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archway_warm_in_a_cluster_takes_leases_and_replicas_stream_its_fills() {
+    let h = Herd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("archway.toml");
+    std::fs::write(
+        &config,
+        crate::support::archway::render(&h.settings(None), dir.path()),
+    )
+    .unwrap();
+    let warm = std::process::Command::new(Archway::bin())
+        .arg("warm")
+        .arg("--config")
+        .arg(&config)
+        .arg(format!("upstream.test/{REPO}:v1"))
+        .env("POD_IP", "127.0.0.1")
+        .env("ARCHWAY_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The warm's fetch of the big layer is under way, held by the relay.
+    let path = blob_path(h.big());
+    let start = std::time::Instant::now();
+    while h.relay.seen("GET", &path).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the warm never asked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let replica = Archway::start(&h.settings(None)).await;
+    let (tx, _rx) = tokio::sync::mpsc::channel(8);
+    let pulled = observe(&replica, h.big(), tx);
+    attached(&replica, &path, 1).await;
+    h.relay.open();
+    assert_eq!(pulled.await.unwrap().unwrap(), h.big());
+    let out = warm.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4 blobs fetched"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let gets = h.relay.seen("GET", &path);
+    assert_eq!(
+        gets.len(),
+        1,
+        "the replica fetched it again: {gets:?}\n{stderr}\n{}",
+        replica.log_text()
+    );
+    assert!(leases(&replica, "followed").await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
