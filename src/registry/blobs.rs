@@ -21,6 +21,10 @@ use crate::range::RangeSpec;
 use crate::routing::Route;
 use crate::storage::{ByteStream, Fill, FillSource, Fills, Store};
 
+/// Fills a client waits out before it takes what a fill has, when each one it joined (with the
+/// cache disk full) had let go of the bytes it starts at: its own fill normally comes next.
+const MAX_LATE_JOINS: usize = 2;
+
 /// A blob response body and what the headers need.
 pub struct BlobBody {
     /// The whole blob's size, when known.
@@ -171,33 +175,49 @@ impl Blobs {
         d: &Digest,
         range: Option<RangeSpec>,
     ) -> Result<BlobBody> {
-        let link = self.links.blob(route, d).await?;
-        if let Some(body) = self.cached(route, d, link.is_some(), range).await? {
-            return Ok(body);
-        }
-        self.metrics.cache_misses.with_label_values(&["blob"]).inc();
-        let (fill, started) = self.fill(route, d, link).await?;
-        let provenance = if started {
-            Provenance::Upstream
-        } else {
-            self.metrics.fill_waiters.inc();
-            Provenance::Joined
-        };
-        let size = fill.started().await.map_err(|e| (*e).clone())?;
-        self.access.blob(d);
-        let (range, stream) = match (range, size) {
-            (Some(spec), Some(size)) => {
-                let r = spec.resolve(size).ok_or(Error::RangeInvalid { size })?;
-                (Some(r.clone()), fill.reader(r.start, Some(r.end)))
+        // A fill joined after the cache disk filled may have let go of the bytes this client
+        // starts at (memory was their only copy): then wait for it to end and ask again, so
+        // the client is at the start of a fill of its own instead of getting a cut body.
+        let mut round = 0;
+        loop {
+            let link = self.links.blob(route, d).await?;
+            if let Some(body) = self.cached(route, d, link.is_some(), range).await? {
+                return Ok(body);
             }
-            _ => (None, fill.reader(0, None)),
-        };
-        Ok(self.counted(BlobBody {
-            size,
-            range,
-            stream,
-            provenance,
-        }))
+            if round == 0 {
+                self.metrics.cache_misses.with_label_values(&["blob"]).inc();
+            }
+            let (fill, started) = self.fill(route, d, link).await?;
+            let provenance = if started {
+                Provenance::Upstream
+            } else {
+                self.metrics.fill_waiters.inc();
+                Provenance::Joined
+            };
+            let size = fill.started().await.map_err(|e| (*e).clone())?;
+            let (range, stream) = match (range, size) {
+                (Some(spec), Some(size)) => {
+                    let r = spec.resolve(size).ok_or(Error::RangeInvalid { size })?;
+                    (Some(r.clone()), fill.reader(r.start, Some(r.end)))
+                }
+                _ => (None, fill.reader(0, None)),
+            };
+            let start = range.as_ref().map_or(0, |r| r.start);
+            if round < MAX_LATE_JOINS && !fill.holds_from(start) {
+                drop(stream);
+                tracing::info!(digest = %d, at = start, "the cache disk is full and this blob's fill let go of the bytes this client starts at; fetching it again for this client once that fill ends");
+                let _ = fill.finished().await;
+                round += 1;
+                continue;
+            }
+            self.access.blob(d);
+            return Ok(self.counted(BlobBody {
+                size,
+                range,
+                stream,
+                provenance,
+            }));
+        }
     }
 
     /// The fill of `d` for the routed repository: joined if one runs, else started. Whether

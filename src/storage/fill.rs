@@ -225,7 +225,8 @@ impl Fill {
     }
 
     /// Once the disk filled, waits before taking more than [`RECENT_BYTES`] past the slowest
-    /// reader, so every reader still gets every byte from memory.
+    /// reader, so every reader still gets every byte from memory. (What was already queued
+    /// for the disk when it filled comes on top, once: at most the sink's queue of chunks.)
     async fn pace(&self, queued: u64) {
         if self.spooled_up_to() == u64::MAX {
             return;
@@ -242,6 +243,26 @@ impl Fill {
         if cut > 0 {
             tracing::warn!(digest = %self.digest, readers = cut, "the cache disk is full and a client of this blob took nothing for {}s; cut it so the others go on", PATIENCE.as_secs());
         }
+    }
+
+    /// Whether a reader starting at `pos` gets every byte from there on. It does unless the
+    /// disk filled and the fill already let go of bytes past what the spool took, from `pos`
+    /// on (no reader needed them then). Ask once the reader is made: from then on its place
+    /// keeps what it needs.
+    pub fn holds_from(&self, pos: u64) -> bool {
+        let spooled = self.spooled_up_to();
+        if spooled == u64::MAX {
+            return true;
+        }
+        let Ok(recent) = self.recent.lock() else {
+            return false;
+        };
+        // Memory holds what is past the spool from its first chunk on; `spooled..kept` is lost.
+        let kept = recent
+            .chunks
+            .front()
+            .map_or_else(|| self.progress.borrow().written, |(off, _)| *off);
+        kept <= spooled || pos >= kept
     }
 
     /// How much of the blob the spool holds: `u64::MAX` (all of it) until the disk filled.
@@ -334,8 +355,13 @@ impl Fill {
             let item = st.next_chunk().await;
             match item {
                 Ok(Some(b)) => {
-                    let waited = st.fill.spooled_up_to() != u64::MAX;
-                    st.fill.places.moved(&st.mark, st.pos, waited);
+                    if st.end.is_some_and(|end| st.pos >= end) {
+                        // Its range is read: it holds nothing back while its response ends.
+                        st.fill.places.leave(&st.mark);
+                    } else {
+                        let waited = st.fill.spooled_up_to() != u64::MAX;
+                        st.fill.places.moved(&st.mark, st.pos, waited);
+                    }
                     Some((Ok(b), st))
                 }
                 Ok(None) => None,
@@ -588,7 +614,7 @@ impl Fills {
         let task_fill = fill.clone();
         let tx = Arc::new(tx);
         tokio::spawn(async move {
-            let _guard = guard;
+            let guard = guard;
             let result = run(&store, &task_fill, &tx, source).await;
             match &result {
                 Ok(()) => store.note_write_ok(),
@@ -617,6 +643,9 @@ impl Fills {
             if matches!(phase, Phase::Done | Phase::Failed(_)) {
                 task_fill.forget_recent();
             }
+            // Out of the map before the end is announced: whoever hears of it and asks again
+            // (a client that joined too late, see `holds_from`) starts a fill of its own.
+            drop(guard);
             tx.send_modify(|p| p.phase = phase);
         });
         (fill, true)

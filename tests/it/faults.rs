@@ -447,77 +447,160 @@ async fn when_the_cache_disk_fills_mid_blob_clients_still_get_it_whole() {
     assert_eq!(staged, 0, "the partial staged file is removed");
 }
 
+/// A 48 MiB blob on the upstream and archway caching on a 1 MiB tmpfs: far more than the
+/// disk takes, than a fill keeps in memory (4 MiB), and than the sockets between archway and
+/// a client can hold.
+struct FullDisk {
+    _disk: crate::support::tmpfs::Tmpfs,
+    up: crate::support::registry::Upstream,
+    blob: crate::support::images::Blob,
+    aw: Archway,
+}
+
+impl FullDisk {
+    async fn start() -> FullDisk {
+        let disk = crate::support::tmpfs::Tmpfs::mount("1m");
+        let up = crate::support::registry::Upstream::start().await;
+        let blob = crate::support::images::Blob::new(random_bytes(unique_seed(), 48 << 20));
+        crate::support::images::Pusher::new(&up.url(), None)
+            .blob("big/app", &blob)
+            .await;
+        let mut s = with_admin(&up.url());
+        s.storage_url = Some(format!("file://{}", disk.path().display()));
+        let aw = Archway::start(&s).await;
+        FullDisk {
+            _disk: disk,
+            up,
+            blob,
+            aw,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/v2/big/app/blobs/{}", self.aw.url(), self.blob.digest)
+    }
+
+    /// A client with a small receive buffer that reads the response head and `first` bytes
+    /// of the body, and then stops.
+    async fn stalled_client(&self, first: usize) -> Stalled {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(32 * 1024).unwrap();
+        let mut c = socket
+            .connect(self.aw.host().parse().unwrap())
+            .await
+            .unwrap();
+        let path = format!("/v2/big/app/blobs/{}", self.blob.digest);
+        let host = self.aw.host();
+        c.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(c.read(&mut byte).await.unwrap(), 1, "a response head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut body = vec![0u8; first];
+        c.read_exact(&mut body).await.unwrap();
+        Stalled { c, body }
+    }
+
+    /// Reads the stalled client's body to its end and checks it is the whole, verified blob.
+    async fn read_on(&self, stalled: Stalled) {
+        use tokio::io::AsyncReadExt;
+        let Stalled { mut c, mut body } = stalled;
+        let read = tokio::time::timeout(Duration::from_secs(60), c.read_to_end(&mut body)).await;
+        assert!(read.is_ok(), "the slow client's response never ended");
+        assert_eq!(
+            body.len(),
+            self.blob.data.len(),
+            "the slow client got its whole body, not a cut one"
+        );
+        assert_eq!(crate::support::images::sha256(&body), self.blob.digest);
+    }
+
+    /// Waits until `done` or archway logs `line`: without the feature a test is about, the
+    /// first; with it, the second.
+    async fn until(&self, line: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !(done() || self.aw.log_text().contains(line)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                self.aw.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A client that stopped reading, and what it read before.
+struct Stalled {
+    c: tokio::net::TcpStream,
+    body: Vec<u8>,
+}
+
+const PACING: &str = "no faster than this blob's slowest client";
+
 /// Once the cache disk is full, memory holds the only copy of what the spool did not take.
 /// A client far behind another is waited for, not cut: the fill reads the upstream no faster
 /// than it, and both clients get the whole blob.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_cache_disk_fills_a_slow_client_is_waited_for_not_cut() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let disk = crate::support::tmpfs::Tmpfs::mount("1m");
-    let up = crate::support::registry::Upstream::start().await;
-    // Far more than the fill keeps in memory (4 MiB) and than the sockets between archway
-    // and the slow client can hold.
-    let blob = crate::support::images::Blob::new(random_bytes(unique_seed(), 48 << 20));
-    crate::support::images::Pusher::new(&up.url(), None)
-        .blob("big/app", &blob)
-        .await;
-    let mut s = with_admin(&up.url());
-    s.storage_url = Some(format!("file://{}", disk.path().display()));
-    let aw = Archway::start(&s).await;
-    let path = format!("/v2/big/app/blobs/{}", blob.digest);
-
-    // The slow client: a small receive buffer, and it stops reading after the first bytes.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(32 * 1024).unwrap();
-    let mut slow = socket.connect(aw.host().parse().unwrap()).await.unwrap();
-    slow.write_all(
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            aw.host()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(slow.read(&mut byte).await.unwrap(), 1, "a response head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-
+    let f = FullDisk::start().await;
+    let slow = f.stalled_client(0).await;
     let fast = tokio::spawn({
-        let url = format!("{}{path}", aw.url());
+        let url = f.url();
         async move { http().get(&url).send().await?.bytes().await }
     });
     // Without the wait, the fast client is done and the bytes the slow one still needs are
     // gone from memory; with it, the fill holds back until the slow one reads on.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !(fast.is_finished()
-        || aw
-            .log_text()
-            .contains("no faster than this blob's slowest client"))
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", aw.log_text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    let mut body = Vec::with_capacity(blob.data.len());
-    let read = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut body)).await;
-    assert!(read.is_ok(), "the slow client's response never ended");
-    assert_eq!(
-        body.len(),
-        blob.data.len(),
-        "the slow client got its whole body, not a cut one"
-    );
-    assert_eq!(crate::support::images::sha256(&body), blob.digest);
+    f.until(PACING, || fast.is_finished()).await;
+    f.read_on(slow).await;
     let fast = fast.await.unwrap().expect("the fast client's whole body");
-    assert_eq!(crate::support::images::sha256(&fast), blob.digest);
+    assert_eq!(crate::support::images::sha256(&fast), f.blob.digest);
     assert_eq!(
-        up.blob_gets("big/app", &blob.digest),
+        f.up.blob_gets("big/app", &f.blob.digest),
         1,
         "one upstream fetch"
+    );
+}
+
+/// A client that joins a fill after the disk filled, when the fill has let go of the bytes
+/// before its slowest reader, waits for that fill to end and gets a fill of its own, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_cache_disk_fills_a_client_joining_late_gets_a_fill_of_its_own() {
+    let f = FullDisk::start().await;
+    // Past the first 16 MiB before it stops: the fill has let go of what lies between the
+    // disk's 1 MiB and where this client stands.
+    let slow = f.stalled_client(16 << 20).await;
+    f.until(PACING, || false).await;
+    let late = tokio::spawn({
+        let url = f.url();
+        async move { http().get(&url).send().await?.bytes().await }
+    });
+    // Without waiting out the fill, the late client gets its 200 at once (and a cut body).
+    f.until(
+        "fetching it again for this client once that fill ends",
+        || {
+            f.aw.access_outcomes(&format!("/v2/big/app/blobs/{}", f.blob.digest))
+                .len()
+                >= 2
+        },
+    )
+    .await;
+    f.read_on(slow).await;
+    let late = late.await.unwrap();
+    let late = late.expect("the late client's whole body");
+    assert_eq!(crate::support::images::sha256(&late), f.blob.digest);
+    assert_eq!(
+        f.up.blob_gets("big/app", &f.blob.digest),
+        2,
+        "a fill of its own for the late client"
     );
 }
