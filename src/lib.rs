@@ -34,7 +34,7 @@
 //! | 8 | `console` | the operator console: coverage page and JSON, warming jobs, `archway warm`'s progress |
 //! | 9 | `http` | the HTTP front: server, handlers, admin listener |
 //! | 10 | `live` | the running configuration, swapped on SIGHUP |
-//! | 11 | `server` | start-up, serving, shutdown |
+//! | 11 | `server` | start-up, serving, shutdown; the short-lived cluster member `archway warm` runs as |
 //! | 12 | `fuzz` | the fuzz targets' entry points (`fuzz/`), and the replay of their corpus |
 // One audited exception: the memory map of cache files in `storage` (see its SAFETY note).
 #![deny(unsafe_code)]

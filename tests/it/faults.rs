@@ -396,16 +396,8 @@ async fn a_fill_killed_with_sigkill_leaves_a_staged_file_the_next_start_removes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_cache_disk_fills_mid_blob_clients_still_get_it_whole() {
-    let disk = crate::support::tmpfs::Tmpfs::mount("1m");
-    let up = crate::support::registry::Upstream::start().await;
-    let blob = crate::support::images::Blob::new(random_bytes(unique_seed(), 3 * 1024 * 1024));
-    crate::support::images::Pusher::new(&up.url(), None)
-        .blob("big/app", &blob)
-        .await;
-    let mut s = with_admin(&up.url());
-    s.storage_url = Some(format!("file://{}", disk.path().display()));
-    let aw = Archway::start(&s).await;
-    let url = format!("{}/v2/big/app/blobs/{}", aw.url(), blob.digest);
+    let f = FullDisk::start(3 << 20).await;
+    let (up, blob, aw, url) = (&f.up, &f.blob, &f.aw, f.url());
     for round in 1..=2 {
         let r = http().get(&url).send().await.unwrap();
         assert_eq!(r.status(), 200);
@@ -441,39 +433,32 @@ async fn when_the_cache_disk_fills_mid_blob_clients_still_get_it_whole() {
         text.contains("cache degraded") && text.contains("No space left"),
         "{text}"
     );
-    let staged = std::fs::read_dir(disk.path().join(".staging"))
+    let staged = std::fs::read_dir(f.disk.path().join(".staging"))
         .unwrap()
         .count();
     assert_eq!(staged, 0, "the partial staged file is removed");
 }
 
-/// A 48 MiB blob on the upstream and archway caching on a 1 MiB tmpfs: far more than the
-/// disk takes, than a fill keeps in memory (4 MiB), and than the sockets between archway and
-/// a client can hold.
+/// A blob on the upstream and archway caching on a 1 MiB tmpfs.
 struct FullDisk {
-    _disk: crate::support::tmpfs::Tmpfs,
+    disk: crate::support::tmpfs::Tmpfs,
     up: crate::support::registry::Upstream,
     blob: crate::support::images::Blob,
     aw: Archway,
 }
 
 impl FullDisk {
-    async fn start() -> FullDisk {
+    async fn start(size: usize) -> FullDisk {
         let disk = crate::support::tmpfs::Tmpfs::mount("1m");
         let up = crate::support::registry::Upstream::start().await;
-        let blob = crate::support::images::Blob::new(random_bytes(unique_seed(), 48 << 20));
+        let blob = crate::support::images::Blob::new(random_bytes(unique_seed(), size));
         crate::support::images::Pusher::new(&up.url(), None)
             .blob("big/app", &blob)
             .await;
         let mut s = with_admin(&up.url());
         s.storage_url = Some(format!("file://{}", disk.path().display()));
         let aw = Archway::start(&s).await;
-        FullDisk {
-            _disk: disk,
-            up,
-            blob,
-            aw,
-        }
+        FullDisk { disk, up, blob, aw }
     }
 
     fn url(&self) -> String {
@@ -552,7 +537,9 @@ const PACING: &str = "no faster than this blob's slowest client";
 /// than it, and both clients get the whole blob.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_cache_disk_fills_a_slow_client_is_waited_for_not_cut() {
-    let f = FullDisk::start().await;
+    // Far more than the disk takes, than a fill keeps in memory (4 MiB), and than the
+    // sockets between archway and a client can hold.
+    let f = FullDisk::start(48 << 20).await;
     let slow = f.stalled_client(0).await;
     let fast = tokio::spawn({
         let url = f.url();
@@ -575,7 +562,9 @@ async fn when_the_cache_disk_fills_a_slow_client_is_waited_for_not_cut() {
 /// before its slowest reader, waits for that fill to end and gets a fill of its own, whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_cache_disk_fills_a_client_joining_late_gets_a_fill_of_its_own() {
-    let f = FullDisk::start().await;
+    // Far more than the disk takes, than a fill keeps in memory (4 MiB), and than the
+    // sockets between archway and a client can hold.
+    let f = FullDisk::start(48 << 20).await;
     // Past the first 16 MiB before it stops: the fill has let go of what lies between the
     // disk's 1 MiB and where this client stands.
     let slow = f.stalled_client(16 << 20).await;
