@@ -408,12 +408,13 @@ fn warm(config: Option<&Path>, platforms: &[String], references: &[String]) -> R
                 .map_err(|e| format!("--platform {p:?}: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let config = load(config_path(config).as_deref())?;
+    let path = config_path(config);
+    let config = load(path.as_deref())?;
     let (total, failed_refs) = runtime()?.block_on(async {
         // In a cluster, a member for as long as the warm lasts: it takes fill leases, and
         // replicas that need a blob it is fetching stream it from its internal endpoint.
         let (member, registry) = if config.cluster.is_some() {
-            let m = archway::server::Member::join(config).await?;
+            let m = archway::server::Member::join(config, path).await?;
             let registry = m.registry();
             (Some(m), registry)
         } else {

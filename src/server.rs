@@ -167,13 +167,14 @@ pub struct Member {
 }
 
 impl Member {
-    pub async fn join(mut config: Config) -> Result<Member, StartupError> {
+    /// `path` is the config file `config` came from, as for [`Server::bind`].
+    pub async fn join(mut config: Config, path: Option<PathBuf>) -> Result<Member, StartupError> {
         config.server.listen.set_port(0);
         config.admin = None;
         if let Some(c) = &mut config.cluster {
             c.advertise = c.advertise.beside();
         }
-        let server = Server::bind(config, None).await?;
+        let server = Server::bind(config, path).await?;
         let registry = server.live.registry();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(server.serve(async {
