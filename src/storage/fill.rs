@@ -366,8 +366,8 @@ impl Fill {
                 }
                 Ok(None) => None,
                 Err(e) => {
+                    // Its place goes when the stream is dropped, right after (`Drop` below).
                     st.finished = true;
-                    st.fill.places.leave(&st.mark);
                     Some((Err(e), st))
                 }
             }
