@@ -53,6 +53,8 @@ val() { awk -v k="$1" -v f="$2" '$1 == k {print $f}' "$WORK/soak.out"; }
 WARNINGS=$(grep -c ' WARN \| ERROR ' "$WORK/archway.log" || true)
 # Anonymous memory: the most of each minute.
 PER_MINUTE=$(awk '{m = int($1 / 60); if ($2 > max[m]) max[m] = $2} END {for (i = 0; i in max; i++) printf "%s%d", (i ? " / " : ""), max[i]}' "$WORK/anon")
+# The first seconds' burst: 1,000 clients arriving together and the 50 images' cold fills.
+FIRST_SECONDS=$(awk '$1 >= 1 && $1 <= 5 {printf "%s%d", ($1 > 1 ? " / " : ""), $2}' "$WORK/anon")
 ANON_MAX=$(awk '$2 > m {m = $2} END {print m}' "$WORK/anon")
 
 cat <<MD
@@ -70,6 +72,7 @@ cat <<MD
 | archway warnings and errors logged | $WARNINGS |
 | archway anonymous memory idle / max / after (MiB) | $ANON_IDLE / $ANON_MAX / $ANON_END |
 | archway anonymous memory, the most of each minute (MiB) | $PER_MINUTE |
+| archway anonymous memory, seconds 1 to 5 (MiB) | $FIRST_SECONDS |
 
 cores=$(nproc); client, archway and the upstream share them.
 MD

@@ -11,6 +11,23 @@ use archway::gc::human_bytes;
 use archway::routing::Router;
 use archway::StartupError;
 
+/// jemalloc rather than glibc's malloc. Under a burst (1,000 clients arriving together, 200
+/// cold fills starting at once) glibc grew to about 95 MiB and stayed there for the rest of the
+/// run, since it returns freed memory inside its heaps only when asked; jemalloc gives back
+/// what the burst freed and runs at 55-60 MiB after it (benches/README.md).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read when it starts (`_RJEM_MALLOC_CONF` in the environment
+/// overrides them): freed pages go back to the kernel after a second, with `MADV_DONTNEED`
+/// so that they stop counting against the process (and its container's memory limit) at
+/// once, by a background thread rather than on a request's path.
+#[cfg(feature = "jemalloc")]
+#[allow(non_upper_case_globals, unsafe_code)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 /// `println!` that ends the process quietly when stdout goes away (`archway gc | head`),
 /// where `println!` would panic.
 macro_rules! say {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod allocator;
 mod cli;
 mod client_auth;
 mod clients;
