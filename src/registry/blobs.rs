@@ -21,8 +21,9 @@ use crate::range::RangeSpec;
 use crate::routing::Route;
 use crate::storage::{ByteStream, Fill, FillSource, Fills, Store};
 
-/// Fills a client waits out before it takes what a fill has, when each one it joined (with the
-/// cache disk full) had let go of the bytes it starts at: its own fill normally comes next.
+/// Fills of its own a client starts before it takes what a fill has, when each one it joined
+/// (with the cache disk full) had let go of the bytes it starts at: the first of its own
+/// normally holds them all, since the client joins it before it streams.
 const MAX_LATE_JOINS: usize = 2;
 
 /// A blob response body and what the headers need.
@@ -176,23 +177,27 @@ impl Blobs {
         range: Option<RangeSpec>,
     ) -> Result<BlobBody> {
         // A fill joined after the cache disk filled may have let go of the bytes this client
-        // starts at (memory was their only copy): then wait for it to end and ask again, so
-        // the client is at the start of a fill of its own instead of getting a cut body.
+        // starts at (memory was their only copy): then the client gets a fill of its own at
+        // once, beside that one, instead of a cut body or a wait for the other to end.
         let mut round = 0;
+        let mut alone: Option<Arc<Fill>> = None;
         loop {
-            let link = self.links.blob(route, d).await?;
-            if let Some(body) = self.cached(route, d, link.is_some(), range).await? {
-                return Ok(body);
-            }
-            if round == 0 {
-                self.metrics.cache_misses.with_label_values(&["blob"]).inc();
-            }
-            let (fill, started) = self.fill(route, d, link).await?;
-            let provenance = if started {
-                Provenance::Upstream
-            } else {
-                self.metrics.fill_waiters.inc();
-                Provenance::Joined
+            let (fill, provenance) = match alone.take() {
+                Some(own) => (own, Provenance::Upstream),
+                None => {
+                    let link = self.links.blob(route, d).await?;
+                    if let Some(body) = self.cached(route, d, link.is_some(), range).await? {
+                        return Ok(body);
+                    }
+                    self.metrics.cache_misses.with_label_values(&["blob"]).inc();
+                    let (fill, started) = self.fill(route, d, link).await?;
+                    if started {
+                        (fill, Provenance::Upstream)
+                    } else {
+                        self.metrics.fill_waiters.inc();
+                        (fill, Provenance::Joined)
+                    }
+                }
             };
             let size = fill.started().await.map_err(|e| (*e).clone())?;
             let (range, stream) = match (range, size) {
@@ -205,8 +210,9 @@ impl Blobs {
             let start = range.as_ref().map_or(0, |r| r.start);
             if round < MAX_LATE_JOINS && !fill.holds_from(start) {
                 drop(stream);
-                tracing::info!(digest = %d, at = start, "the cache disk is full and this blob's fill let go of the bytes this client starts at; fetching it again for this client once that fill ends");
-                let _ = fill.finished().await;
+                tracing::info!(digest = %d, at = start, "the cache disk is full and this blob's fill let go of the bytes this client starts at; fetching it again for this client alone, beside that fill");
+                let link = self.links.blob(route, d).await?;
+                alone = Some(self.fill_alone(route, d, link));
                 round += 1;
                 continue;
             }
@@ -242,6 +248,18 @@ impl Blobs {
             self.after_fill(route, fill.clone(), from);
         }
         Ok((fill, started))
+    }
+
+    /// A fill of `d` for one client only, started beside the running one (which stays the
+    /// fill everyone else joins). Straight from the upstream, also in a cluster: the lease
+    /// for `d` is this replica's running fill's.
+    fn fill_alone(&self, route: &Route, d: &Digest, link: Option<Arc<Route>>) -> Arc<Fill> {
+        let from = link.unwrap_or_else(|| Arc::new(route.clone()));
+        let origin = format!("{}/{}", self.upstreams.name(route), route.repo);
+        let source = self.source_from(route, d, &from, None);
+        let fill = self.fills.start_alone(d, &origin, move || source);
+        self.after_fill(route, fill.clone(), from);
+        fill
     }
 
     /// Makes sure `d` ends up cached, without reading it (warming): cached already, or the
@@ -304,10 +322,20 @@ impl Blobs {
         d: &Digest,
         from: &Route,
     ) -> impl std::future::Future<Output = Result<FillSource>> + Send + 'static {
+        self.source_from(route, d, from, self.cluster.clone())
+    }
+
+    /// [`source`](Self::source), through `cluster` when given one.
+    fn source_from(
+        &self,
+        route: &Route,
+        d: &Digest,
+        from: &Route,
+        cluster: Option<Arc<Cluster>>,
+    ) -> impl std::future::Future<Output = Result<FillSource>> + Send + 'static {
         let remote = self.upstreams.remote(from).clone();
         let (repo, digest, store) = (from.repo.clone(), d.clone(), self.store.clone());
         let not_found = blob_unknown(route, d);
-        let cluster = self.cluster.clone();
         async move {
             if let Some(size) = store.blob_size(&digest).await? {
                 if let Some(stream) = store.read_blob(&digest, None).await? {

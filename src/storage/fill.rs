@@ -589,6 +589,31 @@ impl Fills {
         if let Some(f) = map.get(d) {
             return (f.clone(), false);
         }
+        let (fill, tx) = self.new_fill(d, origin);
+        map.insert(d.clone(), fill.clone());
+        drop(map);
+        let guard = Deregister {
+            map: self.map.clone(),
+            digest: d.clone(),
+        };
+        self.launch(fill.clone(), tx, Some(guard), source);
+        (fill, true)
+    }
+
+    /// A fill of `d` that no later client joins: for a client that joined the running fill
+    /// too late to get every byte from it (see [`Fill::holds_from`]), so that it need not
+    /// wait for that fill to end. The running one stays the fill others join.
+    pub fn start_alone<F, Fut>(&self, d: &Digest, origin: &str, source: F) -> Arc<Fill>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<FillSource>> + Send + 'static,
+    {
+        let (fill, tx) = self.new_fill(d, origin);
+        self.launch(fill.clone(), tx, None, source);
+        fill
+    }
+
+    fn new_fill(&self, d: &Digest, origin: &str) -> (Arc<Fill>, watch::Sender<Progress>) {
         let (tx, rx) = watch::channel(Progress {
             size: None,
             written: 0,
@@ -604,14 +629,23 @@ impl Fills {
             paced: Default::default(),
             progress: rx,
         });
-        map.insert(d.clone(), fill.clone());
-        drop(map);
-        let guard = Deregister {
-            map: self.map.clone(),
-            digest: d.clone(),
-        };
+        (fill, tx)
+    }
+
+    /// Runs `fill` from `source` on a task of its own; `guard` takes it out of the map of
+    /// fills to join before its end is announced.
+    fn launch<F, Fut>(
+        &self,
+        fill: Arc<Fill>,
+        tx: watch::Sender<Progress>,
+        guard: Option<Deregister>,
+        source: F,
+    ) where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<FillSource>> + Send + 'static,
+    {
         let store = self.store.clone();
-        let task_fill = fill.clone();
+        let task_fill = fill;
         let tx = Arc::new(tx);
         tokio::spawn(async move {
             let guard = guard;
@@ -644,11 +678,11 @@ impl Fills {
                 task_fill.forget_recent();
             }
             // Out of the map before the end is announced: whoever hears of it and asks again
-            // (a client that joined too late, see `holds_from`) starts a fill of its own.
+            // (after a failure, or a wait on a full disk) starts a fill instead of joining
+            // this finished one.
             drop(guard);
             tx.send_modify(|p| p.phase = phase);
         });
-        (fill, true)
     }
 }
 

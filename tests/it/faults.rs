@@ -559,7 +559,8 @@ async fn when_the_cache_disk_fills_a_slow_client_is_waited_for_not_cut() {
 }
 
 /// A client that joins a fill after the disk filled, when the fill has let go of the bytes
-/// before its slowest reader, waits for that fill to end and gets a fill of its own, whole.
+/// before its slowest reader, gets a fill of its own at once, whole, while the first fill
+/// still waits for its stalled client (who then gets every byte too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_cache_disk_fills_a_client_joining_late_gets_a_fill_of_its_own() {
     // Far more than the disk takes, than a fill keeps in memory (4 MiB), and than the
@@ -573,9 +574,9 @@ async fn when_the_cache_disk_fills_a_client_joining_late_gets_a_fill_of_its_own(
         let url = f.url();
         async move { http().get(&url).send().await?.bytes().await }
     });
-    // Without waiting out the fill, the late client gets its 200 at once (and a cut body).
+    // Without a fill of its own, the late client gets its 200 at once (and a cut body).
     f.until(
-        "fetching it again for this client once that fill ends",
+        "fetching it again for this client alone, beside that fill",
         || {
             f.aw.access_outcomes(&format!("/v2/big/app/blobs/{}", f.blob.digest))
                 .len()
@@ -583,9 +584,14 @@ async fn when_the_cache_disk_fills_a_client_joining_late_gets_a_fill_of_its_own(
         },
     )
     .await;
-    f.read_on(slow).await;
-    let late = late.await.unwrap();
+    // While the slow client still reads nothing: waiting for the first fill to end instead
+    // would wait for it, until it is cut after 20 s of taking nothing (`PATIENCE`).
+    let late = tokio::time::timeout(Duration::from_secs(15), late)
+        .await
+        .expect("the late client's body, while the first fill still waits for its slow client")
+        .unwrap();
     let late = late.expect("the late client's whole body");
+    f.read_on(slow).await;
     assert_eq!(crate::support::images::sha256(&late), f.blob.digest);
     assert_eq!(
         f.up.blob_gets("big/app", &f.blob.digest),
