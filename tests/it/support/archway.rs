@@ -333,8 +333,20 @@ impl Archway {
         c.wait().map(|s| s.success()).unwrap_or(false)
     }
 
-    /// Stops the process and hands back its directory (cache included) for a restart.
+    /// Stops the process as an operator restarts it (SIGTERM: fills finish and publish; a
+    /// blob's readers get their last byte before its file is flushed and renamed into place,
+    /// so a SIGKILL right after a pull may lose that blob) and hands back its directory
+    /// (cache included) for a restart. SIGKILL if it has not exited after 30 s.
     pub fn stop(mut self) -> TempDir {
+        if let Some(c) = self.child.as_mut() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while matches!(c.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         self.kill();
         let dir = tempfile::tempdir().expect("tempdir");
         std::mem::replace(&mut self.dir, dir)
