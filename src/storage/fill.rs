@@ -792,6 +792,34 @@ mod tests {
         (tx, FillSource::new(size, stream))
     }
 
+    /// A fill started alone runs beside the shared one and is never joined: later clients
+    /// still join the shared fill, and each gets every byte.
+    #[tokio::test]
+    async fn a_fill_started_alone_is_not_the_one_others_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let fills = Fills::new(store(dir.path(), false));
+        let data = b"0123456789".to_vec();
+        let d = Digest::sha256_of(&data);
+        let (shared_tx, shared_src) = channel_source(Some(10));
+        let (shared, _) = fills.join_or_start(&d, "up/a", move || async move { Ok(shared_src) });
+        let (alone_tx, alone_src) = channel_source(Some(10));
+        let alone = fills.start_alone(&d, "up/a", move || async move { Ok(alone_src) });
+        assert!(!Arc::ptr_eq(&shared, &alone));
+        assert!(Arc::ptr_eq(&fills.get(&d).unwrap(), &shared));
+        let (joined, started) =
+            fills.join_or_start(&d, "up/a", || async { panic!("the shared fill runs") });
+        assert!(!started && Arc::ptr_eq(&joined, &shared));
+        assert_eq!(fills.len(), 1, "the alone fill is in no map");
+        for tx in [alone_tx, shared_tx] {
+            tx.send(Ok(Bytes::from(data.clone()))).await.unwrap();
+        }
+        for fill in [&alone, &shared] {
+            fill.started().await.unwrap();
+            let got: Vec<Bytes> = fill.reader(0, None).try_collect().await.unwrap();
+            assert_eq!(got.concat(), data);
+        }
+    }
+
     #[tokio::test]
     async fn readers_stream_before_the_fill_finishes_and_share_one_source() {
         let dir = tempfile::tempdir().unwrap();
