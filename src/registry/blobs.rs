@@ -181,16 +181,17 @@ impl Blobs {
         // once, beside that one, instead of a cut body or a wait for the other to end.
         let mut round = 0;
         let mut alone: Option<Arc<Fill>> = None;
+        let mut link = None;
         loop {
             let (fill, provenance) = match alone.take() {
                 Some(own) => (own, Provenance::Upstream),
                 None => {
-                    let link = self.links.blob(route, d).await?;
+                    link = self.links.blob(route, d).await?;
                     if let Some(body) = self.cached(route, d, link.is_some(), range).await? {
                         return Ok(body);
                     }
                     self.metrics.cache_misses.with_label_values(&["blob"]).inc();
-                    let (fill, started) = self.fill(route, d, link).await?;
+                    let (fill, started) = self.fill(route, d, link.clone()).await?;
                     if started {
                         (fill, Provenance::Upstream)
                     } else {
@@ -211,8 +212,7 @@ impl Blobs {
             if round < MAX_LATE_JOINS && !fill.holds_from(start) {
                 drop(stream);
                 tracing::info!(digest = %d, at = start, "the cache disk is full and this blob's fill let go of the bytes this client starts at; fetching it again for this client alone, beside that fill");
-                let link = self.links.blob(route, d).await?;
-                alone = Some(self.fill_alone(route, d, link));
+                alone = Some(self.fill_alone(route, d, link.clone()));
                 round += 1;
                 continue;
             }
@@ -234,9 +234,7 @@ impl Blobs {
         d: &Digest,
         link: Option<Arc<Route>>,
     ) -> Result<(Arc<Fill>, bool)> {
-        // A blob reached through a synthesized index comes from the fallback's repository.
-        let from = link.clone().unwrap_or_else(|| Arc::new(route.clone()));
-        let origin = format!("{}/{}", self.upstreams.name(route), route.repo);
+        let (from, origin) = self.fill_origin(route, link.clone());
         if let Some(f) = self.fills.get(d) {
             if f.origin != origin && link.is_none() {
                 self.check_upstream_has(route, d).await?;
@@ -250,12 +248,20 @@ impl Blobs {
         Ok((fill, started))
     }
 
+    /// Where a fill for `route` reads from (a blob reached through a synthesized index comes
+    /// from the fallback's repository, `link`), and the origin it is known by
+    /// (`upstream/repository`).
+    fn fill_origin(&self, route: &Route, link: Option<Arc<Route>>) -> (Arc<Route>, String) {
+        let from = link.unwrap_or_else(|| Arc::new(route.clone()));
+        let origin = format!("{}/{}", self.upstreams.name(route), route.repo);
+        (from, origin)
+    }
+
     /// A fill of `d` for one client only, started beside the running one (which stays the
     /// fill everyone else joins). Straight from the upstream, also in a cluster: the lease
     /// for `d` is this replica's running fill's.
     fn fill_alone(&self, route: &Route, d: &Digest, link: Option<Arc<Route>>) -> Arc<Fill> {
-        let from = link.unwrap_or_else(|| Arc::new(route.clone()));
-        let origin = format!("{}/{}", self.upstreams.name(route), route.repo);
+        let (from, origin) = self.fill_origin(route, link);
         let source = self.source_from(route, d, &from, None);
         let fill = self.fills.start_alone(d, &origin, move || source);
         self.after_fill(route, fill.clone(), from);

@@ -632,11 +632,11 @@ impl Fills {
         (fill, tx)
     }
 
-    /// Runs `fill` from `source` on a task of its own; `guard` takes it out of the map of
+    /// Runs `task_fill` from `source` on a task of its own; `guard` takes it out of the map of
     /// fills to join before its end is announced.
     fn launch<F, Fut>(
         &self,
-        fill: Arc<Fill>,
+        task_fill: Arc<Fill>,
         tx: watch::Sender<Progress>,
         guard: Option<Deregister>,
         source: F,
@@ -645,7 +645,6 @@ impl Fills {
         Fut: Future<Output = Result<FillSource>> + Send + 'static,
     {
         let store = self.store.clone();
-        let task_fill = fill;
         let tx = Arc::new(tx);
         tokio::spawn(async move {
             let guard = guard;

@@ -338,10 +338,10 @@ impl Archway {
     /// so a SIGKILL right after a pull may lose that blob) and hands back its directory
     /// (cache included) for a restart. SIGKILL if it has not exited after 30 s.
     pub fn stop(mut self) -> TempDir {
+        if self.child.is_some() {
+            self.sigterm();
+        }
         if let Some(c) = self.child.as_mut() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while matches!(c.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
