@@ -102,6 +102,9 @@ pub struct FillView {
     pub digest: String,
     pub bytes_done: u64,
     pub bytes_total: Option<u64>,
+    /// Fetched again for one client beside the shared fill of the same blob (the cache
+    /// disk was full and that fill had let go of the bytes the client starts at).
+    pub alone: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -173,10 +176,11 @@ pub async fn coverage(registry: &Registry, q: &Query) -> Coverage {
         fills: registry
             .fills_progress()
             .into_iter()
-            .map(|(d, done, size)| FillView {
-                digest: d.to_string(),
-                bytes_done: done,
-                bytes_total: size,
+            .map(|f| FillView {
+                digest: f.digest.to_string(),
+                bytes_done: f.written,
+                bytes_total: f.size,
+                alone: f.alone,
             })
             .collect(),
         upstreams: registry

@@ -80,7 +80,7 @@ fn cache(c: &Coverage) -> Markup {
                 tr { th { "blob" } th { "done" } }
                 @for f in &c.fills {
                     tr {
-                        td { code { (f.digest) } }
+                        td { code { (f.digest) } @if f.alone { " (for one client)" } }
                         td { (bytes(f.bytes_done)) @if let Some(t) = f.bytes_total { " of " (bytes(t)) } }
                     }
                 }

@@ -316,16 +316,9 @@ impl Registry {
             .collect()
     }
 
-    /// The fills in flight: digest, bytes so far, size when announced.
-    pub fn fills_progress(&self) -> Vec<(Digest, u64, Option<u64>)> {
-        self.fills
-            .in_flight()
-            .iter()
-            .map(|f| {
-                let (written, size) = f.progress();
-                (f.digest.clone(), written, size)
-            })
-            .collect()
+    /// The fills in flight, with the bytes each has so far.
+    pub fn fills_progress(&self) -> Vec<crate::storage::fill::InFlight> {
+        self.fills.in_flight()
     }
 
     /// Whether the image `d` is wholly in the store: the manifest, its config and layers

@@ -512,26 +512,56 @@ async fn read_at(file: Arc<std::fs::File>, range: Range<u64>) -> std::io::Result
     Ok(buf.freeze())
 }
 
-/// The set of fills in flight, keyed by digest.
+/// The set of fills in flight: the ones clients join, keyed by digest, and the ones started
+/// alone for one client (listed so that operators and shutdown see them too).
 #[derive(Clone)]
 pub struct Fills {
     store: Store,
     map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+    alone: Arc<Mutex<Vec<Arc<Fill>>>>,
     budget: Arc<Budget>,
 }
 
-/// Removes a fill from the map however its task ends, panics included.
-struct Deregister {
-    map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
-    digest: Digest,
+/// Takes a fill off its list however its task ends, panics included.
+enum Deregister {
+    Shared {
+        map: Arc<Mutex<HashMap<Digest, Arc<Fill>>>>,
+        digest: Digest,
+    },
+    Alone {
+        list: Arc<Mutex<Vec<Arc<Fill>>>>,
+        fill: Arc<Fill>,
+    },
 }
 
 impl Drop for Deregister {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.map.lock() {
-            m.remove(&self.digest);
+        match self {
+            Deregister::Shared { map, digest } => {
+                if let Ok(mut m) = map.lock() {
+                    m.remove(digest);
+                }
+            }
+            Deregister::Alone { list, fill } => {
+                if let Ok(mut l) = list.lock() {
+                    l.retain(|f| !Arc::ptr_eq(f, fill));
+                }
+            }
         }
     }
+}
+
+/// A fill in flight as the admin listener shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InFlight {
+    pub digest: Digest,
+    /// Bytes spooled so far.
+    pub written: u64,
+    /// The blob's length, once the source announced it.
+    pub size: Option<u64>,
+    /// Started for one client beside the shared fill of the same digest (see
+    /// [`Fills::start_alone`]); nobody joins it.
+    pub alone: bool,
 }
 
 impl Fills {
@@ -539,6 +569,7 @@ impl Fills {
         Fills {
             store,
             map: Arc::default(),
+            alone: Arc::default(),
             budget: Budget::new(RECENT_BUDGET),
         }
     }
@@ -557,17 +588,33 @@ impl Fills {
         self.map.lock().ok()?.get(d).cloned()
     }
 
-    /// The fills in flight now.
-    pub fn in_flight(&self) -> Vec<Arc<Fill>> {
-        self.map
+    /// The fills in flight now, shared and alone, by digest.
+    pub fn in_flight(&self) -> Vec<InFlight> {
+        let view = |f: &Arc<Fill>, alone| {
+            let (written, size) = f.progress();
+            InFlight {
+                digest: f.digest.clone(),
+                written,
+                size,
+                alone,
+            }
+        };
+        let mut all: Vec<InFlight> = self
+            .map
             .lock()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+            .map(|m| m.values().map(|f| view(f, false)).collect())
+            .unwrap_or_default();
+        if let Ok(l) = self.alone.lock() {
+            all.extend(l.iter().map(|f| view(f, true)));
+        }
+        all.sort_by(|a, b| (&a.digest, a.alone).cmp(&(&b.digest, b.alone)));
+        all
     }
 
-    /// Number of fills in flight.
+    /// Number of fills in flight, shared and alone.
     pub fn len(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
+        let shared = self.map.lock().map(|m| m.len()).unwrap_or(0);
+        shared + self.alone.lock().map(|l| l.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -592,11 +639,11 @@ impl Fills {
         let (fill, tx) = self.new_fill(d, origin);
         map.insert(d.clone(), fill.clone());
         drop(map);
-        let guard = Deregister {
+        let guard = Deregister::Shared {
             map: self.map.clone(),
             digest: d.clone(),
         };
-        self.launch(fill.clone(), tx, Some(guard), source);
+        self.launch(fill.clone(), tx, guard, source);
         (fill, true)
     }
 
@@ -609,7 +656,17 @@ impl Fills {
         Fut: Future<Output = Result<FillSource>> + Send + 'static,
     {
         let (fill, tx) = self.new_fill(d, origin);
-        self.launch(fill.clone(), tx, None, source);
+        let mut list = match self.alone.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        list.push(fill.clone());
+        drop(list);
+        let guard = Deregister::Alone {
+            list: self.alone.clone(),
+            fill: fill.clone(),
+        };
+        self.launch(fill.clone(), tx, guard, source);
         fill
     }
 
@@ -632,13 +689,13 @@ impl Fills {
         (fill, tx)
     }
 
-    /// Runs `task_fill` from `source` on a task of its own; `guard` takes it out of the map of
-    /// fills to join before its end is announced.
+    /// Runs `task_fill` from `source` on a task of its own; `guard` takes it off its list
+    /// (the map of fills to join, or the fills started alone) before its end is announced.
     fn launch<F, Fut>(
         &self,
         task_fill: Arc<Fill>,
         tx: watch::Sender<Progress>,
-        guard: Option<Deregister>,
+        guard: Deregister,
         source: F,
     ) where
         F: FnOnce() -> Fut + Send + 'static,
@@ -808,7 +865,9 @@ mod tests {
         let (joined, started) =
             fills.join_or_start(&d, "up/a", || async { panic!("the shared fill runs") });
         assert!(!started && Arc::ptr_eq(&joined, &shared));
-        assert_eq!(fills.len(), 1, "the alone fill is in no map");
+        let listed: Vec<bool> = fills.in_flight().iter().map(|f| f.alone).collect();
+        assert_eq!(listed, [false, true], "both are listed in flight");
+        assert_eq!(fills.len(), 2);
         for tx in [alone_tx, shared_tx] {
             tx.send(Ok(Bytes::from(data.clone()))).await.unwrap();
         }
@@ -817,6 +876,11 @@ mod tests {
             let got: Vec<Bytes> = fill.reader(0, None).try_collect().await.unwrap();
             assert_eq!(got.concat(), data);
         }
+        for fill in [&alone, &shared] {
+            fill.finished().await.unwrap();
+        }
+        assert!(fills.in_flight().is_empty(), "both off the lists once done");
+        assert!(fills.is_empty());
     }
 
     #[tokio::test]
