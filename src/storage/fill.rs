@@ -849,11 +849,13 @@ mod tests {
     }
 
     /// A fill started alone runs beside the shared one and is never joined: later clients
-    /// still join the shared fill, and each gets every byte.
+    /// still join the shared fill, and each gets every byte. Where the disk has room it
+    /// publishes too: whichever of the two commits second replaces the same verified bytes.
     #[tokio::test]
     async fn a_fill_started_alone_is_not_the_one_others_join() {
         let dir = tempfile::tempdir().unwrap();
-        let fills = Fills::new(store(dir.path(), false));
+        let store = store(dir.path(), true);
+        let fills = Fills::new(store.clone());
         let data = b"0123456789".to_vec();
         let d = Digest::sha256_of(&data);
         let (shared_tx, shared_src) = channel_source(Some(10));
@@ -881,6 +883,7 @@ mod tests {
         }
         assert!(fills.in_flight().is_empty(), "both off the lists once done");
         assert!(fills.is_empty());
+        assert_eq!(store.blob_size(&d).await.unwrap(), Some(10), "cached");
     }
 
     #[tokio::test]
