@@ -291,10 +291,13 @@ async fn pull_timed(
     Ok(total)
 }
 
-/// Opens `n` keep-alive connections to `addr`, each after one `GET /v2/`, and prints the
-/// anonymous memory of process `pid` with all of them open (KiB) and what each added (KiB).
-async fn idle(addr: &str, n: usize, pid: &str) -> Res<()> {
+/// Opens `n` keep-alive connections to `addr`, each after one `GET` of `path` (`/v2/` when
+/// empty) read to its end, and prints the anonymous memory of process `pid` with all of them
+/// open (KiB) and what each added (KiB). A blob path shows what a connection keeps after
+/// serving a body, as the soak's connections do.
+async fn idle(addr: &str, n: usize, pid: &str, path: &str) -> Res<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = if path.is_empty() { "/v2/" } else { path };
     let anon = || -> Res<u64> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let kib = status
@@ -305,19 +308,45 @@ async fn idle(addr: &str, n: usize, pid: &str) -> Res<()> {
         Ok(kib)
     };
     let before = anon()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
     let mut conns = Vec::with_capacity(n);
+    let mut buf = vec![0u8; 256 << 10];
     for _ in 0..n {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: bench\r\n\r\n")
-            .await?;
-        conns.push(s);
-    }
-    for s in &mut conns {
-        let mut buf = [0u8; 4096];
-        let k = s.read(&mut buf).await?;
-        if !buf[..k].starts_with(b"HTTP/1.1 200") {
-            return Err(format!("not a 200: {}", String::from_utf8_lossy(&buf[..k])).into());
+        s.write_all(request.as_bytes()).await?;
+        // The head, then as many body bytes as it announces.
+        let mut got = Vec::new();
+        let head_end = loop {
+            let k = s.read(&mut buf).await?;
+            if k == 0 {
+                return Err("connection closed before the response head".into());
+            }
+            got.extend_from_slice(&buf[..k]);
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&got[..head_end]).to_string();
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(format!("not a 200: {head}").into());
         }
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        let mut left = length.saturating_sub(got.len() - head_end);
+        while left > 0 {
+            let k = s.read(&mut buf).await?;
+            if k == 0 {
+                return Err("connection closed inside the body".into());
+            }
+            left = left.saturating_sub(k);
+        }
+        conns.push(s);
     }
     let after = anon()?;
     println!(
@@ -413,7 +442,7 @@ async fn main() -> Res<()> {
             println!("{:.0} {total}", total as f64 / secs / 1e6);
             Ok(())
         }
-        "idle" => idle(arg(2), arg(3).parse()?, arg(4)).await,
+        "idle" => idle(arg(2), arg(3).parse()?, arg(4), arg(5)).await,
         _ => Err("usage: benchtool push|pull|herd|get|fetch|idle ...".into()),
     }
 }
