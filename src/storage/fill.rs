@@ -629,10 +629,7 @@ impl Fills {
         Fut: Future<Output = Result<FillSource>> + Send + 'static,
     {
         // The lock is held only for the map operation: no await under it.
-        let mut map = match self.map.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(d) {
             return (f.clone(), false);
         }
@@ -656,12 +653,10 @@ impl Fills {
         Fut: Future<Output = Result<FillSource>> + Send + 'static,
     {
         let (fill, tx) = self.new_fill(d, origin);
-        let mut list = match self.alone.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        list.push(fill.clone());
-        drop(list);
+        self.alone
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(fill.clone());
         let guard = Deregister::Alone {
             list: self.alone.clone(),
             fill: fill.clone(),
