@@ -184,9 +184,9 @@ impl Drop for Recent {
 const RECENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Bytes of recent chunks all fills together keep in memory. Each chunk also pins the
-/// upstream client's read buffer it was cut from (up to about 400 KiB, however small the
-/// chunk): the 200 cold fills at the start of the soak held 48 MiB of those at the heap's
-/// peak with no budget, and still 69 MiB when each fill kept its newest chunk past it. Past
+/// upstream client's read buffer it was cut from, however small the chunk: under heaptrack
+/// the 200 cold fills at the start of the soak held 48 MiB of those at the heap's peak with
+/// no budget, and still 69 MiB when each fill kept its newest chunk past it. Past
 /// the budget a fill keeps none, and its readers take the bytes from the spool, which holds
 /// every one of them (unless the disk filled: then only the fill's own bound applies).
 const RECENT_BUDGET: usize = 16 * 1024 * 1024;
