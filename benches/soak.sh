@@ -42,8 +42,8 @@ PIDS+=($AW_PID)
 AW=http://127.0.0.1:$AW_PORT
 wait_http "$AW/v2/"
 anon() { awk '/RssAnon/ {print int($2/1024)}' "/proc/$AW_PID/status"; }
-# WARM=1 takes the 50 images' cold fills out of the first seconds, so that what the clients'
-# connections cost is seen apart from what 200 fills starting together cost.
+# WARM=1 takes the images' cold fills out of the first seconds, so that what the clients'
+# connections cost is seen apart from what their fills (4 per image) starting together cost.
 if [ "$WARM" = 1 ]; then
   for i in $(seq 0 $((IMAGES - 1))); do $TOOL pull "$AW" "soak/app$i" v1 >/dev/null; done
 fi
