@@ -202,7 +202,10 @@ impl Hosted {
 
     /// Writes `body` as blob `d` through the verified sink.
     async fn publish(&self, d: &Digest, size: Option<u64>, mut body: Body) -> Result<u64> {
-        let mut sink = self.store.begin_blob(d, Publish::Always, |_, _| {}).await?;
+        let mut sink = self
+            .store
+            .begin_blob(d, size, Publish::Always, |_, _| {})
+            .await?;
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(c) => sink.write(c).await?,

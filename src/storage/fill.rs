@@ -757,7 +757,7 @@ where
     // chunks have queued up, so readers are not woken once per network read.
     let (progress, filling) = (tx.clone(), fill.clone());
     let mut sink = store
-        .begin_blob(&fill.digest, publish, move |written, batch| {
+        .begin_blob(&fill.digest, size, publish, move |written, batch| {
             filling.remember(written, batch);
             progress.send_modify(|p| p.written = written)
         })

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod mapped;
 mod pace;
 pub mod records;
+mod reserve;
 mod sink;
 pub mod versioned;
 
@@ -421,15 +422,17 @@ impl Store {
         }
     }
 
-    /// Starts writing a blob that will become visible only if it verifies. `on_progress`
-    /// hears how many bytes are in the spool each time it grows.
+    /// Starts writing a blob that will become visible only if it verifies. `size` is its
+    /// announced length, if any; `on_progress` hears how many bytes are in the spool each
+    /// time it grows.
     pub async fn begin_blob(
         &self,
         d: &Digest,
+        size: Option<u64>,
         publish: Publish,
         on_progress: impl Fn(u64, &[Bytes]) + Send + 'static,
     ) -> Result<BlobSink> {
-        BlobSink::new(self, d, publish, on_progress).await
+        BlobSink::new(self, d, size, publish, on_progress).await
     }
 
     pub async fn get_record<T: DeserializeOwned>(&self, key: &Path) -> Result<Option<T>> {

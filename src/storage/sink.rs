@@ -18,6 +18,7 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::reserve::Reservation;
 use super::{layout, Publish, Store};
 use crate::error::{Error, Result};
 use crate::oci::{Digest, Hasher};
@@ -65,6 +66,7 @@ struct Spooled {
 /// is given up.
 fn writer_loop(
     spool: Arc<std::fs::File>,
+    mut reservation: Reservation,
     mut hasher: Hasher,
     mut rx: mpsc::Receiver<Bytes>,
     spool_limit: Arc<AtomicU64>,
@@ -81,6 +83,10 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        if broken.is_none() {
+            let end = written + batch.iter().map(|c| c.len() as u64).sum::<u64>();
+            reservation.ahead(&spool, end);
+        }
         for c in &batch {
             hasher.update(c);
             if broken.is_none() {
@@ -96,6 +102,7 @@ fn writer_loop(
         on_progress(written, &batch);
         batch.clear();
     }
+    reservation.release(&spool);
     Spooled {
         digest: hasher.finish(),
         written,
@@ -122,11 +129,13 @@ enum Target {
 }
 
 impl BlobSink {
-    /// `on_progress` is called each time the spool grows, with its length and the chunks
-    /// just written (which end at that length).
+    /// `size` is the announced length, when there is one (disk space is claimed for it
+    /// ahead of the writes); `on_progress` is called each time the spool grows, with its
+    /// length and the chunks just written (which end at that length).
     pub(super) async fn new(
         store: &Store,
         d: &Digest,
+        size: Option<u64>,
         publish: Publish,
         on_progress: impl Fn(u64, &[Bytes]) + Send + 'static,
     ) -> Result<BlobSink> {
@@ -189,8 +198,10 @@ impl BlobSink {
         let hasher = Hasher::new(d.algorithm());
         let (file, spool_limit) = (spool.clone(), Arc::new(AtomicU64::new(u64::MAX)));
         let limit = spool_limit.clone();
-        let writer =
-            tokio::task::spawn_blocking(move || writer_loop(file, hasher, rx, limit, on_progress));
+        let reservation = Reservation::new(size);
+        let writer = tokio::task::spawn_blocking(move || {
+            writer_loop(file, reservation, hasher, rx, limit, on_progress)
+        });
         Ok(BlobSink {
             digest: d.clone(),
             spool,
@@ -579,8 +590,9 @@ mod tests {
         for store in stores(dir.path()) {
             let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
             let d = Digest::sha256_of(&data);
+            let size = Some(data.len() as u64);
             let mut sink = store
-                .begin_blob(&d, Publish::Always, |_, _| {})
+                .begin_blob(&d, size, Publish::Always, |_, _| {})
                 .await
                 .unwrap();
             for c in data.chunks(100_000) {
@@ -612,7 +624,7 @@ mod tests {
         for store in stores(dir.path()) {
             let d = Digest::sha256_of(b"the real content");
             let mut sink = store
-                .begin_blob(&d, Publish::Always, |_, _| {})
+                .begin_blob(&d, None, Publish::Always, |_, _| {})
                 .await
                 .unwrap();
             sink.write(Bytes::from_static(b"evil content"))
@@ -624,7 +636,7 @@ mod tests {
 
             // Right bytes, wrong announced size.
             let mut sink = store
-                .begin_blob(&d, Publish::Always, |_, _| {})
+                .begin_blob(&d, None, Publish::Always, |_, _| {})
                 .await
                 .unwrap();
             sink.write(Bytes::from_static(b"the real content"))
@@ -635,7 +647,7 @@ mod tests {
 
             // Dropped mid-way (a cut connection).
             let mut sink = store
-                .begin_blob(&d, Publish::Always, |_, _| {})
+                .begin_blob(&d, None, Publish::Always, |_, _| {})
                 .await
                 .unwrap();
             sink.write(Bytes::from_static(b"the real")).await.unwrap();
