@@ -216,16 +216,24 @@ async fn soak(
     Ok(())
 }
 
+/// Hashes the body as it arrives, as a container client writing layers to disk does: one
+/// that collected each blob whole faulted in a fresh page for every 4 KiB it received, which
+/// on this VM cost the client up to three times its receive time in some pulls and not in
+/// others, whichever server it pulled from (benches/README.md).
 async fn get_verified(c: &reqwest::Client, url: String, digest: &str) -> Res<usize> {
-    let r = c.get(&url).send().await?;
+    let mut r = c.get(&url).send().await?;
     if !r.status().is_success() {
         return Err(format!("{url}: {}", r.status()).into());
     }
-    let body = r.bytes().await?;
-    if sha(&body) != digest {
+    let (mut hasher, mut n) = (Sha256::new(), 0);
+    while let Some(chunk) = r.chunk().await? {
+        hasher.update(&chunk);
+        n += chunk.len();
+    }
+    if format!("sha256:{}", hex::encode(hasher.finalize())) != digest {
         return Err(format!("{url}: digest mismatch").into());
     }
-    Ok(body.len())
+    Ok(n)
 }
 
 async fn pull(c: &reqwest::Client, url: &str, repo: &str, tag: &str) -> Res<usize> {
