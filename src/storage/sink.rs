@@ -618,6 +618,52 @@ mod tests {
         }
     }
 
+    /// A blob written with its size announced has its space claimed ahead of its writes;
+    /// once published it holds its own bytes and no claimed space past them.
+    #[tokio::test]
+    async fn a_published_blob_holds_no_space_past_its_end() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = stores(dir.path()).remove(0);
+        let data: Vec<u8> = (0..40_000_000u32).map(|i| (i % 241) as u8).collect();
+        let d = Digest::sha256_of(&data);
+        // What the staged file held after each batch: (bytes written, bytes allocated).
+        let batches = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let written_one = Arc::new(tokio::sync::Notify::new());
+        let (seen, notify) = (batches.clone(), written_one.clone());
+        let staging = dir.path().join("disk").join(LOCAL_STAGING_DIR);
+        let mut sink = store
+            .begin_blob(&d, Some(data.len() as u64), Publish::Always, move |n, _| {
+                for e in std::fs::read_dir(&staging).unwrap() {
+                    let blocks = e.unwrap().metadata().unwrap().blocks() * 512;
+                    seen.lock().unwrap().push((n, blocks));
+                }
+                notify.notify_one();
+            })
+            .await
+            .unwrap();
+        sink.write(Bytes::copy_from_slice(&data[..2_000_000]))
+            .await
+            .unwrap();
+        // The first batch alone, so its claim is seen before more bytes arrive.
+        written_one.notified().await;
+        for c in data[2_000_000..].chunks(4_000_000) {
+            sink.write(Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        sink.commit(Some(data.len() as u64)).await.unwrap();
+        let first = batches.lock().unwrap()[0];
+        assert_eq!(first.0, 2_000_000);
+        assert!(first.1 >= 32 * 1024 * 1024, "first batch: {first:?}");
+        let path = dir.path().join("disk").join(layout::blob(&d).as_ref());
+        let meta = std::fs::metadata(path).unwrap();
+        assert_eq!(meta.len(), data.len() as u64);
+        assert!(
+            meta.blocks() * 512 < data.len() as u64 + 1024 * 1024,
+            "{} bytes allocated",
+            meta.blocks() * 512
+        );
+    }
+
     #[tokio::test]
     async fn mismatch_and_drop_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
