@@ -2,7 +2,7 @@
 //!
 //! On a filesystem with delayed allocation (ext4, XFS) every buffered write reserves and
 //! maps its blocks page by page; on a cold fill that bookkeeping cost more than copying the
-//! bytes into the page cache (a third of the spool's `write` time, benches/README.md).
+//! bytes into the page cache (over half of the spool's `write` time, benches/README.md).
 //! `fallocate` claims the blocks an extent at a time instead, so the writes that follow find
 //! them mapped.
 //!
