@@ -104,12 +104,7 @@ mod tests {
     #[test]
     fn claims_ahead_up_to_the_announced_size() {
         let dir = tempfile::tempdir().unwrap();
-        let f = File::options()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(dir.path().join("spool"))
-            .unwrap();
+        let f = tempfile::tempfile_in(dir.path()).unwrap();
         let mut r = Reservation::new(Some(10 * MIB));
         r.ahead(&f, MIB);
         assert_eq!(f.metadata().unwrap().len(), 0);
@@ -126,12 +121,7 @@ mod tests {
     #[test]
     fn an_announced_size_never_sent_costs_one_window_until_release() {
         let dir = tempfile::tempdir().unwrap();
-        let f = File::options()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .open(dir.path().join("spool"))
-            .unwrap();
+        let f = tempfile::tempfile_in(dir.path()).unwrap();
         let mut r = Reservation::new(Some(1 << 40));
         for i in 1..=3 {
             r.ahead(&f, i * MIB);
