@@ -14,7 +14,7 @@ use archway::StartupError;
 /// jemalloc rather than glibc's malloc. Under a burst (1,000 clients arriving together, 200
 /// cold fills starting at once) glibc grew to about 95 MiB and stayed there for the rest of the
 /// run, since it returns freed memory inside its heaps only when asked; jemalloc gives back
-/// what the burst freed and runs at about 60 MiB after it (benches/README.md).
+/// what the burst freed and runs at about 60–70 MiB after it (benches/README.md).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
