@@ -27,7 +27,12 @@ use sha2::{Digest, Sha256};
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn sha(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    named(Sha256::digest(data))
+}
+
+/// A SHA-256 hash as a digest string.
+fn named(hash: impl AsRef<[u8]>) -> String {
+    format!("sha256:{}", hex::encode(hash))
 }
 
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
@@ -230,7 +235,7 @@ async fn get_verified(c: &reqwest::Client, url: String, digest: &str) -> Res<usi
         hasher.update(&chunk);
         n += chunk.len();
     }
-    if format!("sha256:{}", hex::encode(hasher.finalize())) != digest {
+    if named(hasher.finalize()) != digest {
         return Err(format!("{url}: digest mismatch").into());
     }
     Ok(n)

@@ -29,10 +29,8 @@ pub(super) struct Reservation {
     size: Option<u64>,
     /// Bytes from the start of the file claimed so far.
     claimed: u64,
-    /// Whether a claim may have left blocks past the file's end (a refusal can leave part
-    /// of its range claimed).
-    tried: bool,
-    /// The filesystem refused a claim: the rest of the blob is written unclaimed.
+    /// The filesystem refused a claim: the rest of the blob is written unclaimed. A refusal
+    /// can leave part of its range claimed, so it is given back like a claim.
     refused: bool,
 }
 
@@ -42,7 +40,6 @@ impl Reservation {
         Reservation {
             size: size.filter(|s| *s >= MIN_SIZE),
             claimed: 0,
-            tried: false,
             refused: false,
         }
     }
@@ -54,7 +51,6 @@ impl Reservation {
             return;
         }
         let to = end.saturating_add(WINDOW).min(size);
-        self.tried = true;
         let flags = rustix::fs::FallocateFlags::KEEP_SIZE;
         match rustix::fs::fallocate(file, flags, self.claimed, to - self.claimed) {
             Ok(()) => self.claimed = to,
@@ -68,7 +64,7 @@ impl Reservation {
     /// Gives back whatever was claimed past the file's end: truncating a file to its own
     /// length releases the blocks a `KEEP_SIZE` claim put beyond it.
     pub(super) fn release(self, file: &File) {
-        if !self.tried {
+        if self.claimed == 0 && !self.refused {
             return;
         }
         if let Ok(len) = file.metadata().map(|m| m.len()) {
