@@ -4,7 +4,7 @@
 //! from that offset) continues from there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -36,15 +36,18 @@ struct Follower {
     offset: u64,
     size: Option<u64>,
     current: Option<(From, BoxStream<'static, Result<Bytes>>)>,
-    /// The lease, once this replica took the fill over; released after the commit (the
-    /// stream, which holds it, outlives the commit).
-    guard: Option<LeaseGuard>,
+    /// The lease, once this replica took the fill over. Shared with the fill source's
+    /// `hold`, which the fill keeps until its commit: the follower itself is dropped as soon
+    /// as its stream ends, before the commit, and a lease released then lets another replica
+    /// find neither a lease nor the blob and fetch it all again.
+    guard: Arc<Mutex<Option<LeaseGuard>>>,
     followed: bool,
 }
 
 /// Follows the fill of `d` that another replica holds the lease of.
 pub async fn start(cluster: Arc<Cluster>, d: &Digest, origin: Origin) -> Result<FillSource> {
     let publish = Arc::new(AtomicBool::new(false));
+    let guard = Arc::new(Mutex::new(None));
     let mut f = Follower {
         cluster,
         d: d.clone(),
@@ -53,7 +56,7 @@ pub async fn start(cluster: Arc<Cluster>, d: &Digest, origin: Origin) -> Result<
         offset: 0,
         size: None,
         current: None,
-        guard: None,
+        guard: guard.clone(),
         followed: false,
     };
     f.connect().await?;
@@ -67,7 +70,7 @@ pub async fn start(cluster: Arc<Cluster>, d: &Digest, origin: Origin) -> Result<
         size,
         stream,
         publish: Publish::IfAsked(publish),
-        hold: None,
+        hold: Some(Box::new(guard)),
     })
 }
 
@@ -227,8 +230,12 @@ impl Follower {
 
     /// Fetches the rest from the upstream, publishing what this replica verifies.
     async fn fetch_upstream(&mut self, guard: Option<LeaseGuard>, outcome: &str) -> Result<()> {
-        self.guard = guard;
+        *self.guard.lock().unwrap_or_else(|p| p.into_inner()) = guard;
         self.publish.store(true, Ordering::SeqCst);
+        tracing::info!(
+            digest = %self.d, offset = self.offset, outcome,
+            "fetching the rest of the followed fill from the upstream here"
+        );
         self.cluster
             .metrics
             .fill_leases
@@ -262,5 +269,66 @@ impl Follower {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Advertise, ClusterConfig};
+    use crate::metrics::Metrics;
+    use crate::storage::Store;
+    use crate::upstream::memory::MemoryUpstream;
+    use std::time::Duration;
+
+    /// A replica that takes a fill over holds the lease until its commit, not until its
+    /// stream ends: the follower is dropped with its stream, and a lease released then let
+    /// a third replica find neither the lease nor the blob and fetch the whole blob again
+    /// (seen as three upstream GETs of one blob in the owner-dies cluster test).
+    #[tokio::test(start_paused = true)]
+    async fn a_fill_taken_over_keeps_its_lease_until_the_fill_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::from_object_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            dir.path().to_path_buf(),
+        );
+        let ttl = Duration::from_secs(5);
+        let cfg = ClusterConfig {
+            advertise: Advertise::Url("http://127.0.0.1:1/".parse().unwrap()),
+            secret_file: dir.path().join("secret"),
+            secret: b"s".to_vec(),
+            lease_ttl: ttl,
+        };
+        let me = "http://127.0.0.1:1/".parse().unwrap();
+        let cluster = Arc::new(Cluster::new(&cfg, me, store.clone(), Metrics::new()).unwrap());
+        let up = Arc::new(MemoryUpstream::new("up"));
+        let d = up.push_blob("app", b"the blob's bytes");
+        let origin = Origin {
+            remote: up,
+            repo: "app".parse().unwrap(),
+        };
+        // No lease and no blob: the owner's fill failed and released it. This follower takes
+        // the fill over.
+        let source = start(cluster.clone(), &d, origin).await.unwrap();
+        let body: Vec<Bytes> = source.stream.map(|c| c.unwrap()).collect().await;
+        assert_eq!(body.concat(), b"the blob's bytes");
+        let leased = || async {
+            store
+                .get_versioned::<Lease>(&lease::key(&d))
+                .await
+                .unwrap()
+                .map(|v| v.value.owner)
+        };
+
+        // The stream is over and gone; the commit has not happened. Well past a TTL (in the
+        // runtime's paused time, so every renewal and release due has run), the lease is
+        // still this replica's.
+        tokio::time::sleep(3 * ttl).await;
+        assert_eq!(leased().await.as_deref(), Some(cluster.instance.as_str()));
+
+        // Once the fill lets go of what it holds (after its commit), the lease is released.
+        drop(source.hold);
+        tokio::time::sleep(ttl).await;
+        assert_eq!(leased().await, None);
     }
 }

@@ -2,9 +2,10 @@
 
 moto checks a PUT's or DELETE's If-Match / If-None-Match and then writes, in one of werkzeug's
 request threads, holding nothing between the two. Two writers with the same precondition can
-then both succeed: 1 round in 30 with 8 racing writers on a loaded machine, and it is how two
-archway replicas once both took over one lapsed fill lease in the cluster tests. S3 itself
-(and Azurite) decide a conditional write atomically, which is what archway's leases rely on.
+then both succeed: 1 or 2 rounds in 240 with 8 racing writers on a loaded machine. S3 itself (and
+Azurite) decide a conditional write atomically, which is what archway's leases rely on. (This
+was first blamed for a blob fetched three times in the cluster tests; that was archway
+releasing a taken-over lease before its commit, since fixed.)
 This runs moto's own server with every request that carries a precondition serialised, so moto
 decides them as S3 does; everything else is moto as shipped.
 

@@ -1,7 +1,7 @@
 //! A real S3-speaking server for tests: moto_server (PyPI `moto[server]`), which
 //! `scripts/install-test-deps.sh` installs, run by `tests/it/support/moto_atomic.py` so that its
 //! conditional writes are decided atomically, as S3 decides them (moto checks a precondition
-//! and writes with nothing held between: two replicas once both took over one fill lease).
+//! and writes with nothing held between, so two racing writers can both win).
 //! State is in memory and dies with the process. It binds port 0 and prints the port it bound.
 
 use std::process::{Child, Command, Stdio};
