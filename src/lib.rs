@@ -2,9 +2,10 @@
 //!
 //! # How a request flows
 //!
-//! A client asks `GET /v2/library/alpine/manifests/3.20`. [`http`] accepts the connection,
-//! takes the [`http::Front`] current at that moment (a SIGHUP reload swaps in a new one for
-//! later requests, see [`live`]), checks client credentials, and parses the path into a
+//! A client asks `GET /v2/library/alpine/manifests/3.20`. One of [`http`]'s front threads
+//! ([`http::fronts`]) accepts the connection and serves it to its end; it takes the
+//! [`http::Front`] current at that moment (a SIGHUP reload swaps in a new one for later
+//! requests, see [`live`]), checks client credentials, and parses the path into a
 //! validated [`oci::RepoName`] and [`oci::Reference`] before anything else sees it.
 //! [`routing`] picks the upstream (`?ns=`, a registry prefix, or the default). The
 //! [`registry`] services answer: `manifests` from memory when the tag is fresh, else from
@@ -32,7 +33,7 @@
 //! | 6 | `gc` `cluster` `hosted` | the bounded cache: access times, eviction; fill leases and peers across replicas; pushed repositories |
 //! | 7 | `registry` | the services: manifests, blobs, links, tags, synthesis |
 //! | 8 | `console` | the operator console: coverage page and JSON, warming jobs, `archway warm`'s progress |
-//! | 9 | `http` | the HTTP front: server, handlers, admin listener |
+//! | 9 | `http` | the HTTP front: its threads, server, handlers, admin listener |
 //! | 10 | `live` | the running configuration, swapped on SIGHUP |
 //! | 11 | `server` | start-up, serving, shutdown; the short-lived cluster member `archway warm` runs as |
 //! | 12 | `fuzz` | the fuzz targets' entry points (`fuzz/`), and the replay of their corpus |
@@ -90,6 +91,5 @@ pub async fn run(
     path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
-    Server::bind(config, path).await?.serve(shutdown).await;
-    Ok(())
+    Server::bind(config, path).await?.serve(shutdown).await
 }

@@ -54,6 +54,7 @@ pub struct Server {
     admin: Option<TcpListener>,
     tls: Option<TlsAcceptor>,
     collector: Arc<Collector>,
+    threads: http::fronts::Threads,
 }
 
 impl Server {
@@ -92,12 +93,15 @@ impl Server {
                 Some(tls::acceptor(certs)?)
             }
         };
+        // Last: nothing after this may fail, since a start-up error would drop them here.
+        let threads = http::fronts::Threads::build().map_err(StartupError::Runtime)?;
         Ok(Server {
             live: Arc::new(live),
             listener,
             admin,
             tls,
             collector,
+            threads,
         })
     }
 
@@ -113,14 +117,16 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then gives in-flight responses, and then fills
     /// (tasks of their own, so a restart does not throw away half-fetched layers),
-    /// `server.shutdown_grace` in all from the signal.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+    /// `server.shutdown_grace` in all from the signal. Fails only when the front threads
+    /// cannot start (out of threads or file descriptors).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         let Server {
             live,
             listener,
             admin,
             tls,
             collector,
+            threads,
         } = self;
         let registry = live.registry();
         let listen = listener.local_addr().ok();
@@ -134,6 +140,7 @@ impl Server {
             listen = %listen.map_or_else(|| "?".to_string(), |a| a.to_string()),
             admin = %admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
             tls = tls.is_some(),
+            threads = threads.len(),
             storage = %registry.config.storage.url,
             max_size = registry.config.storage.gc.max_size.map(gc::human_bytes).unwrap_or_else(|| "unbounded".into()),
             upstreams = registry.upstream_count(),
@@ -147,11 +154,15 @@ impl Server {
             shutdown.await;
             let _ = noted.set(Instant::now());
         };
-        http::serve(listener, live.current(), tls, shutdown).await;
+        let running = http::serve(listener, threads, live.current(), tls, shutdown)
+            .await
+            .map_err(StartupError::Runtime)?;
         let grace = live.registry().config.server.shutdown_grace;
         let deadline = asked.get().copied().unwrap_or_else(Instant::now) + grace;
         drain_fills(&live, deadline).await;
         collector.flush().await;
+        running.stop().await;
+        Ok(())
     }
 }
 
@@ -163,7 +174,7 @@ impl Server {
 pub struct Member {
     registry: Arc<Registry>,
     stop: tokio::sync::oneshot::Sender<()>,
-    serving: tokio::task::JoinHandle<()>,
+    serving: tokio::task::JoinHandle<Result<(), StartupError>>,
 }
 
 impl Member {
@@ -196,7 +207,9 @@ impl Member {
     /// `server.shutdown_grace`).
     pub async fn leave(self) {
         let _ = self.stop.send(());
-        let _ = self.serving.await;
+        if let Ok(Err(e)) = self.serving.await {
+            tracing::warn!(error = %crate::causes::Chain(&e), "the cluster member could not serve");
+        }
     }
 }
 

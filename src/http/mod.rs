@@ -1,5 +1,6 @@
-//! The HTTP front: the accept loop, one task per connection (HTTP/1.1 and h2c, or TLS with
-//! ALPN), graceful shutdown, and the per-request log line and metrics around the handlers.
+//! The HTTP front: the accept loop on each front thread ([`fronts`]), one task per
+//! connection (HTTP/1.1 and h2c, or TLS with ALPN), graceful shutdown, and the per-request
+//! log line and metrics around the handlers.
 
 mod access;
 pub mod admin;
@@ -7,6 +8,7 @@ mod client_auth;
 mod conn;
 pub mod endpoint;
 pub mod errors;
+pub mod fronts;
 mod handlers;
 mod hosted;
 mod peers;
@@ -52,65 +54,101 @@ impl Front {
 /// to the end, so a reload never changes a response half-way.
 pub type Current = Arc<ArcSwap<Front>>;
 
-/// Serves the registry API on `listener` until `shutdown` resolves, then lets in-flight
-/// connections finish for up to `server.shutdown_grace` (of the configuration current then).
+/// Serves the registry API on `listener`, from the front `threads`, until `shutdown`
+/// resolves, then lets in-flight connections finish for up to `server.shutdown_grace` (of
+/// the configuration current then). Returns once they have; the threads keep running what
+/// requests started (fills) until the caller stops them.
 pub async fn serve(
     listener: TcpListener,
+    threads: fronts::Threads,
     current: Current,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
-) {
+) -> std::io::Result<fronts::Running> {
     let limits = current.load().registry.config.server.clone();
-    // Shared: the three builders' settings come to a few hundred bytes, which every
-    // connection's task would otherwise carry.
-    let servers = Arc::new(protocol::Servers::new(&limits));
-    // Connections beyond the limit wait in the listen backlog until one ends.
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let slot = tokio::select! {
-            s = slots.clone().acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
+    let accepting = Arc::new(Accepting {
+        current,
+        tls,
+        // Shared: the three builders' settings come to a few hundred bytes, which every
+        // connection's task would otherwise carry.
+        servers: Arc::new(protocol::Servers::new(&limits)),
+        // Connections beyond the limit wait in the listen backlog until one ends.
+        slots: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut running = threads.start(listener, |listener| {
+        accepting.clone().accept(listener, stopped.clone())
+    })?;
+    shutdown.await;
+    let _ = stop.send(true);
+    running.served().await;
+    Ok(running)
+}
+
+/// What every front thread's accept loop shares.
+struct Accepting {
+    current: Current,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    servers: Arc<protocol::Servers>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Accepting {
+    /// One thread's accept loop, until `stop` turns true; then its connections' drain.
+    async fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let graceful = GracefulShutdown::new();
+        let stopping = async move {
+            let _ = stop.wait_for(|&s| s).await;
         };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %crate::causes::Chain(&e), "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+        tokio::pin!(stopping);
+        loop {
+            let slot = tokio::select! {
+                s = self.slots.clone().acquire_owned() => match s {
+                    Ok(s) => s,
+                    Err(_) => break,
+                },
+                _ = &mut stopping => break,
+            };
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %crate::causes::Chain(&e), "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = &mut stopping => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Connection {
+                open: Open::new(&self.current.load().registry.metrics, slot),
+                current: self.current.clone(),
+                servers: self.servers.clone(),
+                watcher: graceful.watcher(),
+                peer,
+            };
+            match &self.tls {
+                None => {
+                    tokio::spawn(conn.serve_plain(stream));
                 }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let conn = Connection {
-            open: Open::new(&current.load().registry.metrics, slot),
-            current: current.clone(),
-            servers: servers.clone(),
-            watcher: graceful.watcher(),
-            peer,
-        };
-        match &tls {
-            None => {
-                tokio::spawn(conn.serve_plain(stream));
-            }
-            Some(acceptor) => {
-                tokio::spawn(conn.serve_tls(stream, acceptor.clone()));
+                Some(acceptor) => {
+                    tokio::spawn(conn.serve_tls(stream, acceptor.clone()));
+                }
             }
         }
-    }
-    drop(listener);
-    let grace = current.load().registry.config.server.shutdown_grace;
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!("shutdown grace period over; closing remaining connections");
+        drop(listener);
+        let grace = self.current.load().registry.config.server.shutdown_grace;
+        tokio::select! {
+            _ = graceful.shutdown() => {}
+            _ = tokio::time::sleep(grace) => {
+                tracing::warn!("shutdown grace period over; closing remaining connections");
+            }
         }
     }
 }
