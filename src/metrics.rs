@@ -62,6 +62,8 @@ pub struct Metrics {
     /// followed (streamed from the replica that did), taken_over (its owner stopped renewing),
     /// fallback (its owner could not be reached for a lease TTL; fetched here).
     pub fill_leases: IntCounterVec,
+    /// `archway_fill_leases_held`: cluster fill leases this replica holds or is releasing.
+    pub fill_leases_held: IntGauge,
     /// `archway_peer_bytes_total`: blob bytes received from other replicas' fills.
     pub peer_bytes: IntCounter,
     /// `archway_blob_redirects_total`: cached blobs answered by a redirect to the object store.
@@ -213,6 +215,10 @@ impl Metrics {
                 "Cluster fills of cold blobs, by how this replica took part.",
                 "outcome",
                 &["owned", "followed", "taken_over", "fallback"],
+            ),
+            fill_leases_held: b.gauge(
+                "fill_leases_held",
+                "Cluster fill leases this replica holds, or has yet to release.",
             ),
             peer_bytes: b.counter(
                 "peer_bytes_total",

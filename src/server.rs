@@ -23,7 +23,8 @@ use crate::storage::OpenError;
 use crate::tls::{self, CertReloader, TlsError};
 use crate::upstream::BuildError;
 
-/// What stops archway from starting. Each names the config key it is about.
+/// What stops archway from starting (each names the config key it is about, where one is),
+/// or from serving on.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
@@ -45,6 +46,10 @@ pub enum StartupError {
     },
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    /// Not at start-up: a front thread panicked, and archway stopped serving (after the
+    /// drain a signal gets) so that its supervisor restarts it whole.
+    #[error("{thread} panicked; archway stopped serving")]
+    FrontLost { thread: String },
 }
 
 /// The listeners, bound, and what they serve.
@@ -117,8 +122,8 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then gives in-flight responses, and then fills
     /// (tasks of their own, so a restart does not throw away half-fetched layers),
-    /// `server.shutdown_grace` in all from the signal. Fails only when the front threads
-    /// cannot start (out of threads or file descriptors).
+    /// `server.shutdown_grace` in all from the signal. Fails when the front threads cannot
+    /// start (out of threads or file descriptors), or when one of them panicked.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         let Server {
             live,
@@ -161,8 +166,12 @@ impl Server {
         let deadline = asked.get().copied().unwrap_or_else(Instant::now) + grace;
         drain_fills(&live, deadline).await;
         collector.flush().await;
+        let lost = running.lost_thread();
         running.stop().await;
-        Ok(())
+        match lost {
+            Some(thread) => Err(StartupError::FrontLost { thread }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -237,10 +246,13 @@ async fn listen(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Star
 /// here, so this polls their count.
 async fn drain_fills(live: &Live, deadline: Instant) {
     let registry = live.registry();
-    while registry.fills_in_flight() > 0 {
+    // Leases too: a fill's lease is deleted after its commit, and a replica that stopped
+    // before that leaves its peers one to wait out (its TTL).
+    while registry.fills_in_flight() > 0 || registry.fill_leases_held() > 0 {
         if Instant::now() >= deadline {
             tracing::warn!(
                 fills = registry.fills_in_flight(),
+                leases = registry.fill_leases_held(),
                 "shutdown grace period over; abandoning blob fills in flight"
             );
             return;

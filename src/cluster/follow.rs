@@ -137,7 +137,7 @@ impl Follower {
                     let mine = Lease::new(&c.instance, c.me.as_str(), c.ttl);
                     match c.store.create_record(&key, &mine).await? {
                         Created::Created(v) => {
-                            let guard = LeaseGuard::hold(c.store.clone(), &self.d, v, c.ttl);
+                            let guard = c.hold(&self.d, v);
                             // The owner may have committed and released between the store
                             // check above and this claim: then the store has the rest.
                             if c.store.blob_size(&self.d).await?.is_some() {
@@ -160,7 +160,7 @@ impl Follower {
                     }
                     let mine = Lease::new(&c.instance, c.me.as_str(), c.ttl);
                     if let Some(v) = c.store.replace_record(&key, &mine, &v).await? {
-                        let guard = LeaseGuard::hold(c.store.clone(), &self.d, v, c.ttl);
+                        let guard = c.hold(&self.d, v);
                         if c.store.blob_size(&self.d).await?.is_some() {
                             drop(guard);
                             continue;

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use object_store::path::Path;
+use prometheus::IntGauge;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -52,11 +53,40 @@ pub struct LeaseGuard {
 }
 
 impl LeaseGuard {
-    /// Starts renewing `held`, the version of the lease just written.
-    pub fn hold(store: Store, d: &Digest, held: Versioned<Lease>, ttl: Duration) -> LeaseGuard {
+    /// Starts renewing `held`, the version of the lease just written. `count` is one more
+    /// until the lease has been released, after the guard is dropped: a shutdown waits for
+    /// it, so a stopping replica does not leave its peers a lease to wait out.
+    pub fn hold(
+        store: Store,
+        d: &Digest,
+        held: Versioned<Lease>,
+        ttl: Duration,
+        count: IntGauge,
+    ) -> LeaseGuard {
         let (tx, rx) = oneshot::channel();
-        tokio::spawn(renew(store, key(d), held, ttl, rx));
+        let counted = Counted::new(count);
+        let key = key(d);
+        tokio::spawn(async move {
+            renew(store, key, held, ttl, rx).await;
+            drop(counted);
+        });
         LeaseGuard { stop: Some(tx) }
+    }
+}
+
+/// One on a gauge for as long as it lives, also when its task is dropped unfinished.
+struct Counted(IntGauge);
+
+impl Counted {
+    fn new(gauge: IntGauge) -> Counted {
+        gauge.inc();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -128,6 +158,47 @@ mod tests {
     use std::sync::Arc;
     use tokio::time::Instant;
 
+    /// The count falls only once the released lease is gone from the store: a replica
+    /// stopping when it reads zero leaves no lease behind. Counting only until the guard is
+    /// dropped fails this, the delete (2 s here) still on its way.
+    #[tokio::test(start_paused = true)]
+    async fn the_count_falls_once_the_lease_is_deleted() {
+        let ttl = Duration::from_secs(30);
+        let inner = Arc::new(InMemory::new());
+        let slow = ThrottledStore::new(
+            inner.clone(),
+            ThrottleConfig {
+                wait_delete_per_call: Duration::from_secs(2),
+                ..Default::default()
+            },
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::from_object_store(Arc::new(slow), dir.path().to_path_buf());
+        let d = Digest::sha256_of(b"blob");
+        let held = match store
+            .create_record(&key(&d), &Lease::new("me", "http://me", ttl))
+            .await
+            .unwrap()
+        {
+            crate::storage::Created::Created(v) => v,
+            other => panic!("{other:?}"),
+        };
+        let count = IntGauge::new("held", "held").unwrap();
+        let guard = LeaseGuard::hold(store, &d, held, ttl, count.clone());
+        assert_eq!(count.get(), 1);
+        drop(guard);
+        let end = Instant::now() + ttl;
+        while count.get() > 0 && Instant::now() < end {
+            // Paused time: each step runs whatever is due, then moves the clock.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(count.get(), 0, "the release ended");
+        assert!(
+            inner.head(&key(&d)).await.is_err(),
+            "the lease is deleted by the time the count falls"
+        );
+    }
+
     /// With every write taking 40% of the TTL, each renewal must land before the previous
     /// lease runs out. Renewing a fixed pause after each write (the period growing by the
     /// store's latency) fails this: the gap reaches TTL/3 + the latency.
@@ -156,7 +227,7 @@ mod tests {
             crate::storage::Created::Created(v) => v,
             other => panic!("{other:?}"),
         };
-        let guard = LeaseGuard::hold(store, &d, held, ttl);
+        let guard = LeaseGuard::hold(store, &d, held, ttl, IntGauge::new("held", "held").unwrap());
 
         // When each version of the record became visible, watched on the fast inner store.
         let (mut seen, mut last) = (vec![Instant::now()], None);

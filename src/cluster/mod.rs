@@ -28,7 +28,7 @@ use crate::config::ClusterConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
-use crate::storage::{Created, FillSource, Store};
+use crate::storage::{Created, FillSource, Store, Versioned};
 use crate::upstream::Remote;
 use lease::{Lease, LeaseGuard};
 
@@ -120,7 +120,7 @@ impl Cluster {
             let mine = Lease::new(&self.instance, self.me.as_str(), self.ttl);
             let seen = match self.store.create_record(&key, &mine).await? {
                 Created::Created(v) => {
-                    let guard = LeaseGuard::hold(self.store.clone(), d, v, self.ttl);
+                    let guard = self.hold(d, v);
                     if self.store.blob_size(d).await?.is_some() {
                         // The previous owner committed and released between this replica's
                         // cache miss and its claim: the bytes are in the store.
@@ -149,6 +149,12 @@ impl Cluster {
         }
         tracing::warn!(digest = %d, "fill lease contended beyond reason; fetching here");
         self.own(d, &origin, None, "fallback").await
+    }
+
+    /// Holds the lease just written as `v`, renewing it until the guard is dropped.
+    fn hold(&self, d: &Digest, v: Versioned<Lease>) -> LeaseGuard {
+        let count = self.metrics.fill_leases_held.clone();
+        LeaseGuard::hold(self.store.clone(), d, v, self.ttl, count)
     }
 
     /// This replica fetches `d` from the upstream, holding `guard` until the commit.

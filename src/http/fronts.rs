@@ -50,11 +50,15 @@ impl Threads {
     }
 
     fn with(n: usize) -> std::io::Result<Threads> {
+        // tokio's default, 512 blocking threads, shared out: each runtime has a pool of its
+        // own, and N pools of 512 would let N times as many file reads wait on the disk.
+        let blocking = (512 / n.max(1)).max(32);
         let runtimes = (0..n)
             .map(|_| {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .thread_name("archway-blocking")
+                    .max_blocking_threads(blocking)
                     .build()
                     .map(|rt| Owned(Some(rt)))
             })
@@ -81,6 +85,8 @@ impl Threads {
     {
         let listener = listener.into_std()?;
         let (release, released) = tokio::sync::watch::channel(());
+        let (lose, lost) = tokio::sync::watch::channel(None);
+        let lose = std::sync::Arc::new(lose);
         let mut served = Vec::new();
         let mut joins = Vec::new();
         for (i, mut owned) in self.runtimes.into_iter().enumerate() {
@@ -94,16 +100,29 @@ impl Threads {
                 serve(TcpListener::from_std(mine)?)
             };
             let mut released = released.clone();
+            let lose = lose.clone();
+            let name = format!("archway-front-{i}");
             let join = std::thread::Builder::new()
-                .name(format!("archway-front-{i}"))
+                .name(name.clone())
                 .spawn(move || {
                     let Some(rt) = owned.0.take() else { return };
-                    rt.block_on(async move {
-                        work.await;
-                        let _ = done.send(());
-                        // Fills and other tasks the requests started go on until released.
-                        let _ = released.changed().await;
-                    });
+                    // A panic in a connection's task is caught by tokio and ends only that
+                    // connection; one in the accept loop would end the thread, and with it
+                    // a share of the accepts, silently. Caught here, it stops archway, so
+                    // its supervisor restarts a whole one.
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        rt.block_on(async move {
+                            work.await;
+                            let _ = done.send(());
+                            // Fills and other tasks the requests started go on until
+                            // released.
+                            let _ = released.changed().await;
+                        })
+                    }));
+                    if outcome.is_err() {
+                        tracing::error!(thread = %name, "a front thread panicked; archway stops");
+                        lose.send_replace(Some(name));
+                    }
                     rt.shutdown_timeout(Duration::from_secs(1));
                 })?;
             joins.push(join);
@@ -112,6 +131,7 @@ impl Threads {
             release: Some(release),
             served,
             joins,
+            lost,
         })
     }
 }
@@ -121,9 +141,22 @@ pub struct Running {
     release: Option<tokio::sync::watch::Sender<()>>,
     served: Vec<tokio::sync::oneshot::Receiver<()>>,
     joins: Vec<std::thread::JoinHandle<()>>,
+    /// The name of the first thread that panicked.
+    lost: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Running {
+    /// Resolves when a thread has panicked (never, while all serve).
+    pub async fn lost(&self) {
+        let mut lost = self.lost.clone();
+        let _ = lost.wait_for(Option::is_some).await;
+    }
+
+    /// The thread that panicked, if one did.
+    pub fn lost_thread(&self) -> Option<String> {
+        self.lost.borrow().clone()
+    }
+
     /// Waits until every thread's `serve` has returned (their connections are done).
     pub async fn served(&mut self) {
         for wait in self.served.drain(..) {
@@ -192,6 +225,38 @@ mod tests {
                 Some("archway-front-1".into())
             ]
         );
+        running.stop().await;
+    }
+
+    /// A thread whose accept loop panics is reported, by name, while the other serves on;
+    /// without the catch its panic would end it unseen and `lost` would never resolve.
+    #[tokio::test]
+    async fn a_thread_that_panics_is_reported() {
+        let (l, addr) = listener().await;
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let running = Threads::with(2)
+            .unwrap()
+            .start(l, |l| {
+                let first = started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        panic!("the accept loop failed");
+                    }
+                    let (mut s, _) = l.accept().await.unwrap();
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut s, b"still serving").await;
+                }
+            })
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(30), running.lost())
+            .await
+            .expect("the panicked thread is reported");
+        assert_eq!(running.lost_thread().as_deref(), Some("archway-front-0"));
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut got = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut c, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, "still serving");
         running.stop().await;
     }
 

@@ -79,7 +79,11 @@ pub async fn serve(
     let mut running = threads.start(listener, |listener| {
         accepting.clone().accept(listener, stopped.clone())
     })?;
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        // Logged by the thread; the others stop as at a signal.
+        _ = running.lost() => {}
+    }
     let _ = stop.send(true);
     running.served().await;
     Ok(running)

@@ -628,6 +628,11 @@ impl Registry {
         let recording = usize::try_from(self.metrics.fills_in_flight.get()).unwrap_or(0);
         self.fills.len().max(recording)
     }
+
+    /// Cluster fill leases held, or released but not yet deleted from the store.
+    pub fn fill_leases_held(&self) -> usize {
+        usize::try_from(self.metrics.fill_leases_held.get()).unwrap_or(0)
+    }
 }
 
 /// An in-memory cache of `max` entries, each forgotten `ttl` after it was written.
