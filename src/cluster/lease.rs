@@ -158,31 +158,36 @@ mod tests {
     use std::sync::Arc;
     use tokio::time::Instant;
 
+    /// An in-memory store, and a store over it whose calls wait as `config` says.
+    fn throttled(config: ThrottleConfig) -> (Arc<InMemory>, Store, tempfile::TempDir) {
+        let inner = Arc::new(InMemory::new());
+        let slow = ThrottledStore::new(inner.clone(), config);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::from_object_store(Arc::new(slow), dir.path().to_path_buf());
+        (inner, store, dir)
+    }
+
+    /// A lease of `d`, just written to `store`.
+    async fn create(store: &Store, d: &Digest, ttl: Duration) -> Versioned<Lease> {
+        let lease = Lease::new("me", "http://me", ttl);
+        match store.create_record(&key(d), &lease).await.unwrap() {
+            crate::storage::Created::Created(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// The count falls only once the released lease is gone from the store: a replica
     /// stopping when it reads zero leaves no lease behind. Counting only until the guard is
     /// dropped fails this, the delete (2 s here) still on its way.
     #[tokio::test(start_paused = true)]
     async fn the_count_falls_once_the_lease_is_deleted() {
         let ttl = Duration::from_secs(30);
-        let inner = Arc::new(InMemory::new());
-        let slow = ThrottledStore::new(
-            inner.clone(),
-            ThrottleConfig {
-                wait_delete_per_call: Duration::from_secs(2),
-                ..Default::default()
-            },
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::from_object_store(Arc::new(slow), dir.path().to_path_buf());
+        let (inner, store, _dir) = throttled(ThrottleConfig {
+            wait_delete_per_call: Duration::from_secs(2),
+            ..Default::default()
+        });
         let d = Digest::sha256_of(b"blob");
-        let held = match store
-            .create_record(&key(&d), &Lease::new("me", "http://me", ttl))
-            .await
-            .unwrap()
-        {
-            crate::storage::Created::Created(v) => v,
-            other => panic!("{other:?}"),
-        };
+        let held = create(&store, &d, ttl).await;
         let count = IntGauge::new("held", "held").unwrap();
         let guard = LeaseGuard::hold(store, &d, held, ttl, count.clone());
         assert_eq!(count.get(), 1);
@@ -206,27 +211,14 @@ mod tests {
     async fn a_slow_store_eats_into_the_margin_not_the_period() {
         let ttl = Duration::from_secs(3);
         let latency = Duration::from_millis(1200);
-        let inner = Arc::new(InMemory::new());
-        let slow = ThrottledStore::new(
-            inner.clone(),
-            ThrottleConfig {
-                wait_put_per_call: latency,
-                ..Default::default()
-            },
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::from_object_store(Arc::new(slow), dir.path().to_path_buf());
+        let (inner, store, dir) = throttled(ThrottleConfig {
+            wait_put_per_call: latency,
+            ..Default::default()
+        });
         // Created on the fast store, so the lease is written at the moment it is dated.
         let fast = Store::from_object_store(inner.clone(), dir.path().to_path_buf());
         let d = Digest::sha256_of(b"blob");
-        let held = match fast
-            .create_record(&key(&d), &Lease::new("me", "http://me", ttl))
-            .await
-            .unwrap()
-        {
-            crate::storage::Created::Created(v) => v,
-            other => panic!("{other:?}"),
-        };
+        let held = create(&fast, &d, ttl).await;
         let guard = LeaseGuard::hold(store, &d, held, ttl, IntGauge::new("held", "held").unwrap());
 
         // When each version of the record became visible, watched on the fast inner store.
