@@ -110,7 +110,7 @@ impl Blobs {
         range: Option<RangeSpec>,
     ) -> Result<BlobAnswer> {
         if let Some(r) = &self.redirect {
-            if let Some(answer) = self.redirected(route, d, range, r).await? {
+            if let Some(answer) = Box::pin(self.redirected(route, d, range, r)).await? {
                 return Ok(answer);
             }
         }
@@ -191,7 +191,8 @@ impl Blobs {
                         return Ok(body);
                     }
                     self.metrics.cache_misses.with_label_values(&["blob"]).inc();
-                    let (fill, started) = self.fill(route, d, link.clone()).await?;
+                    // Boxed: a cached blob's GET need not carry a fill's start.
+                    let (fill, started) = Box::pin(self.fill(route, d, link.clone())).await?;
                     if started {
                         (fill, Provenance::Upstream)
                     } else {

@@ -97,6 +97,18 @@ impl Links {
         if let Some(r) = self.blobs.get(&k).await {
             return Ok(Some(r));
         }
+        // Boxed: the store's read is most of this future, and a cached blob's GET, which
+        // memory answers, would otherwise carry it (and move it) on every request.
+        Box::pin(self.load_blob_link(route, d, k)).await
+    }
+
+    /// A blob link from the store, remembered in memory.
+    async fn load_blob_link(
+        &self,
+        route: &Route,
+        d: &Digest,
+        k: LinkKey,
+    ) -> Result<Option<Arc<Route>>> {
         let path = layout::blob_link(self.upstreams.name(route), &route.repo, d);
         let Some(link) = self.store.get_record::<BlobLink>(&path).await? else {
             return Ok(None);

@@ -154,7 +154,11 @@ impl Manifests {
         }
         let (answer, ran) = self
             .tag_flights
-            .run(tags::key(route, tag), || self.resolve_tag(route, tag))
+            // Boxed: only the request that resolves the tag runs it, and the ones answered from
+            // memory, or waiting on it, need not carry it (http::tests).
+            .run(tags::key(route, tag), || {
+                Box::pin(self.resolve_tag(route, tag))
+            })
             .await;
         if ran {
             answer
@@ -260,18 +264,21 @@ impl Manifests {
         let key = (route.upstream, route.repo.clone(), d.clone());
         let (answer, ran) = self
             .digest_flights
-            .run(key, || async {
-                if let Some(mt) = self.links.manifest(route, d).await? {
-                    if let Some(m) = self.load(d, &mt).await? {
-                        return Ok(self.hit("manifest", m));
+            // Boxed, as in `by_tag`.
+            .run(key, || {
+                Box::pin(async {
+                    if let Some(mt) = self.links.manifest(route, d).await? {
+                        if let Some(m) = self.load(d, &mt).await? {
+                            return Ok(self.hit("manifest", m));
+                        }
                     }
-                }
-                self.metrics
-                    .cache_misses
-                    .with_label_values(&["manifest"])
-                    .inc();
-                let m = self.fetch_and_store(route, &d.to_string(), Some(d)).await?;
-                Ok(Served::new(m, Provenance::Upstream))
+                    self.metrics
+                        .cache_misses
+                        .with_label_values(&["manifest"])
+                        .inc();
+                    let m = self.fetch_and_store(route, &d.to_string(), Some(d)).await?;
+                    Ok(Served::new(m, Provenance::Upstream))
+                })
             })
             .await;
         if ran {

@@ -425,8 +425,9 @@ impl Registry {
         // `sha256-<hex>.sig` of something archway signs: archway's signature, with the
         // upstream's own if it has one. Only while a rule covers the repository, so removing
         // a fallback rule withdraws the signatures archway made under it.
+        // Covered repositories' paths are boxed: the others' requests need not carry them.
         if covered {
-            if let Some(sig) = self.signatures.legacy_tag(route, tag).await? {
+            if let Some(sig) = Box::pin(self.signatures.legacy_tag(route, tag)).await? {
                 return Ok(sig);
             }
         }
@@ -439,7 +440,7 @@ impl Registry {
                 .await;
         }
         let served = if covered {
-            let r = self.synthesis.resolve(route, tag).await?;
+            let r = Box::pin(self.synthesis.resolve(route, tag)).await?;
             let m = r.value.manifest.clone();
             self.manifests.note_use(route, &m.digest);
             Served::new(m, r.provenance)
