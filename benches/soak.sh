@@ -7,6 +7,7 @@
 #   benches/soak.sh                          # 1000 clients, 50 images, 300 s
 #   CLIENTS=200 DURATION=60 benches/soak.sh  # a shorter run
 #   WARM=1 benches/soak.sh                   # every image pulled once first: no cold burst
+#   ARCHWAY=/tmp/archway-old benches/soak.sh # another build's binary, for an A/B
 #
 # Reports errors (must be 0), latency percentiles, the upstream fetches the soak caused, and
 # archway's anonymous memory over time (flat, at most 64 MiB). Prints Markdown for
@@ -22,7 +23,7 @@ command -v docker-registry >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry
 }
 cargo build --release --quiet --bin archway --example benchtool
-ARCHWAY=target/release/archway
+ARCHWAY=${ARCHWAY:-target/release/archway}
 TOOL=target/release/examples/benchtool
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
