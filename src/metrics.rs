@@ -275,6 +275,24 @@ impl Default for Metrics {
     }
 }
 
+/// One on a gauge of things in progress (connections open, fills, leases held) for as long as
+/// it lives: taken back when its holder ends, also when a task holding it is dropped
+/// unfinished at shutdown.
+pub struct InFlight(IntGauge);
+
+impl InFlight {
+    pub fn new(gauge: &IntGauge) -> InFlight {
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::clock::now_millis;
+use crate::metrics::InFlight;
 use crate::oci::Digest;
 use crate::storage::{Store, Versioned};
 
@@ -64,29 +65,13 @@ impl LeaseGuard {
         count: IntGauge,
     ) -> LeaseGuard {
         let (tx, rx) = oneshot::channel();
-        let counted = Counted::new(count);
+        let counted = InFlight::new(&count);
         let key = key(d);
         tokio::spawn(async move {
             renew(store, key, held, ttl, rx).await;
             drop(counted);
         });
         LeaseGuard { stop: Some(tx) }
-    }
-}
-
-/// One on a gauge for as long as it lives, also when its task is dropped unfinished.
-struct Counted(IntGauge);
-
-impl Counted {
-    fn new(gauge: IntGauge) -> Counted {
-        gauge.inc();
-        Counted(gauge)
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

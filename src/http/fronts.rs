@@ -86,7 +86,6 @@ impl Threads {
         let listener = listener.into_std()?;
         let (release, released) = tokio::sync::watch::channel(());
         let (lose, lost) = tokio::sync::watch::channel(None);
-        let lose = std::sync::Arc::new(lose);
         let mut served = Vec::new();
         let mut joins = Vec::new();
         for (i, mut owned) in self.runtimes.into_iter().enumerate() {

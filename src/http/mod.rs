@@ -254,23 +254,16 @@ impl hyper::service::Service<Request<Incoming>> for Api {
 /// An open connection: counted in `archway_connections_open`, holding its slot of
 /// `server.max_connections` until it ends.
 struct Open {
-    gauge: prometheus::IntGauge,
+    _counted: crate::metrics::InFlight,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Open {
     fn new(metrics: &crate::metrics::Metrics, slot: tokio::sync::OwnedSemaphorePermit) -> Open {
-        metrics.connections_open.inc();
         Open {
-            gauge: metrics.connections_open.clone(),
+            _counted: crate::metrics::InFlight::new(&metrics.connections_open),
             _slot: slot,
         }
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.gauge.dec();
     }
 }
 

@@ -370,7 +370,7 @@ impl Blobs {
     /// Written on every fill, not only when no link was known: the link in memory may be one
     /// a collection has removed from the store since.
     fn after_fill(&self, route: &Route, fill: Arc<Fill>, from: Arc<Route>) {
-        self.metrics.fills_in_flight.inc();
+        let counted = crate::metrics::InFlight::new(&self.metrics.fills_in_flight);
         let (links, sizes, metrics) =
             (self.links.clone(), self.sizes.clone(), self.metrics.clone());
         let route = route.clone();
@@ -393,7 +393,7 @@ impl Blobs {
                     metrics.fill_failures.with_label_values(&[reason]).inc();
                 }
             }
-            metrics.fills_in_flight.dec();
+            drop(counted);
         });
     }
 

@@ -424,8 +424,8 @@ impl Registry {
         let covered = self.synthesis.rule(route).is_some();
         // `sha256-<hex>.sig` of something archway signs: archway's signature, with the
         // upstream's own if it has one. Only while a rule covers the repository, so removing
-        // a fallback rule withdraws the signatures archway made under it.
-        // Covered repositories' paths are boxed: the others' requests need not carry them.
+        // a fallback rule withdraws the signatures archway made under it. Boxed, as the
+        // synthesis below: the other repositories' requests need not carry them.
         if covered {
             if let Some(sig) = Box::pin(self.signatures.legacy_tag(route, tag)).await? {
                 return Ok(sig);
