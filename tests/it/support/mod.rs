@@ -190,6 +190,12 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 /// before the end, so the client never holds a complete body of unverified content. Returns
 /// how many bytes arrived.
 pub async fn broken_transfer(url: &str, len: usize) -> usize {
+    broken_transfer_then(url, len, || {}).await
+}
+
+/// [`broken_transfer`], calling `at_head` once the `200` and its length have arrived and
+/// before the body is read: for an upstream the test holds back until then.
+pub async fn broken_transfer_then(url: &str, len: usize, at_head: impl FnOnce()) -> usize {
     use futures_util::StreamExt;
     let r = http()
         .get(url)
@@ -202,6 +208,7 @@ pub async fn broken_transfer(url: &str, len: usize) -> usize {
         len.to_string(),
         "{url}: the announced length"
     );
+    at_head();
     let mut body = r.bytes_stream();
     let mut received = 0;
     while let Some(chunk) = body.next().await {
